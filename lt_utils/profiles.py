@@ -1,0 +1,108 @@
+"""Profiles: one variable (``LT_PROFILE``) switches every chapter between the CPU lab and real CLIP models."""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+PROFILE_NAMES = ("lab", "clip")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    dataset: str
+    data_root: str | None
+    imbalance_ratio: int
+    models: tuple[str, ...]
+    control_models: tuple[str, ...]
+    image_size: int
+    peft: str
+    epochs: int
+    batch_size: int
+    micro_batch_size: int | None
+    lr: float
+    momentum: float
+    weight_decay: float
+    tau: float
+    seeds: tuple[int, ...]
+    device: torch.device = field(compare=False)
+    amp: bool
+    num_workers: int
+
+    def replace(self, **changes) -> "Profile":
+        """A copy with some settings changed, e.g. ``lt.profile().replace(epochs=2)``."""
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        """JSON-able settings (used in cache keys and run folders)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["device"] = str(self.device)
+        d["models"], d["control_models"], d["seeds"] = list(self.models), list(self.control_models), list(self.seeds)
+        return d
+
+
+def get_device(prefer: str | torch.device | None = None) -> torch.device:
+    """The accelerator when present (or ``prefer``), else the CPU."""
+    if prefer is not None:
+        device = torch.device(prefer)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                "CUDA was asked for but no GPU is visible. On Colab choose Runtime > Change runtime type > GPU; "
+                "elsewhere use device='cpu' or the lab profile (LT_PROFILE=lab)."
+            )
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup_cpu(threads: int | None = None) -> None:
+    """CPU settings for the lab: flush denormals (tiny weights otherwise slow epochs ~2x) and a thread count."""
+    torch.set_flush_denormal(True)
+    if threads is None:
+        threads = int(os.environ.get("LT_THREADS", 0)) or min(os.cpu_count() or 1, 8)
+    torch.set_num_threads(threads)
+
+
+def profile(name: str | None = None) -> Profile:
+    """The settings a chapter reads. ``name=None`` reads ``$LT_PROFILE`` (default ``"lab"``)."""
+    name = (name or os.environ.get("LT_PROFILE") or "lab").strip().lower()
+    if name == "lab":
+        setup_cpu()
+        return Profile(
+            name="lab", dataset="lab", data_root=None, imbalance_ratio=100,
+            models=("lab-clip", "lab-openclip", "lab-metaclip"),
+            control_models=("lab-clip", "lab-clip-s1", "lab-clip-s2"),
+            image_size=24, peft="adaptformer", epochs=5, batch_size=128, micro_batch_size=None,
+            lr=0.01, momentum=0.9, weight_decay=5e-4, tau=1.0, seeds=(0, 1, 2),
+            device=torch.device("cpu"), amp=False, num_workers=0,
+        )
+    if name == "clip":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "The clip profile fine-tunes three ViT-B/16 models and needs a CUDA GPU, but none is visible. "
+                "On Colab choose Runtime > Change runtime type > GPU and rerun; to run on this machine's CPU set "
+                "LT_PROFILE=lab instead."
+            )
+        return Profile(
+            name="clip", dataset="cifar100_lt",
+            data_root=os.environ.get("LT_DATA_ROOT", os.path.expanduser("~/data")), imbalance_ratio=100,
+            models=("clip", "openclip", "metaclip"), control_models=("clip", "clip", "clip"),
+            image_size=224, peft="adaptformer", epochs=10, batch_size=128, micro_batch_size=64,
+            lr=0.01, momentum=0.9, weight_decay=5e-4, tau=1.0, seeds=(0, 1, 2),
+            device=torch.device("cuda"), amp=True, num_workers=min(os.cpu_count() or 2, 8),
+        )
+    raise ValueError(f"Unknown profile {name!r}: choose one of {PROFILE_NAMES} (set LT_PROFILE or pass name=).")
