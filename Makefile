@@ -1,0 +1,87 @@
+# The two commands (see README.md):
+#   make book   - set up .venv, execute every chapter (lab profile), build the HTML book into _build/html
+#   make test   - set up .venv, run the unit tests, then execute every chapter of the toc with nbmake
+# Chapters are executed ONCE, into a scratch copy of the book ($(EXECUTED)); `make html` renders that copy
+# with execution turned off. `.ci/run` is `make test` followed by `make html`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The executed scratch copy of the book. Not under _build: nbmake refuses to collect notebooks there.
+EXECUTED := .lt_cache/book_executed
+HTML := _build/html
+# nbmake's limit per cell, in seconds
+NB_TIMEOUT ?= 900
+# Sphinx warnings (a broken citation or link) fail the build; `make html JB_FLAGS=` relaxes that.
+JB_FLAGS ?= -W --keep-going
+
+# Everything run by make sees these; override one on the command line, e.g. `make book LT_PROFILE=clip`.
+export LT_PROFILE := lab
+export LT_CACHE_DIR := $(CURDIR)/.lt_cache
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+# The install stamp is keyed on the content of pyproject.toml: changing the dependencies reinstalls, nothing
+# else does (so torch is not reinstalled on every run).
+STAMP := $(VENV)/.lt-install-$(firstword $(shell cksum < pyproject.toml))
+
+.PHONY: help install book test unit execute html sync-colab jupyter clean clean-cache
+
+help:
+	@echo "make book        execute every chapter (lab profile) and build the HTML book into $(HTML)"
+	@echo "make test        unit tests, then every chapter of the toc executed by nbmake"
+	@echo "make html        build the HTML from the already executed chapters (no execution)"
+	@echo "make jupyter     open the chapters in JupyterLab (same environment)"
+	@echo "make sync-colab  point the Colab badges at repository.url of _config.yml"
+	@echo "make clean       remove _build;  make clean-cache  remove the results cache .lt_cache"
+
+$(PY):
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found. Install Python 3.11, or run e.g. 'make $(MAKECMDGOALS) PYTHON=python3' with another Python >= 3.10." >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): | $(PY)
+	$(PY) -m pip install -e ".[book,dev]"
+	rm -f $(VENV)/.lt-install-*
+	touch $@
+
+install: $(STAMP)
+
+book: execute
+	@$(MAKE) --no-print-directory html
+
+test: unit execute
+
+# pytest exits 5 when it collects no test: that is not a failure of the frame.
+unit: $(STAMP)
+	rc=0; $(PY) -m pytest tests || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no unit tests collected"; exit 0; fi; exit $$rc
+
+# Copy the book into $(EXECUTED) and execute its toc notebooks there, in toc order (they share .lt_cache).
+execute: $(STAMP)
+	$(PY) scripts/book_tools.py stage $(EXECUTED)
+	nbs=$$($(PY) scripts/book_tools.py notebooks --root $(EXECUTED)); \
+	rc=0; $(PY) -m pytest -p no:cacheprovider --nbmake --overwrite --nbmake-timeout=$(NB_TIMEOUT) \
+		-v --durations=0 $$nbs || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no notebooks in the toc"; exit 0; fi; exit $$rc
+
+html: $(STAMP)
+	$(PY) scripts/book_tools.py check $(EXECUTED)
+	rm -rf $(HTML)
+	$(VENV)/bin/jupyter-book build $(EXECUTED) --path-output . --all $(JB_FLAGS)
+	@echo "The book: file://$(CURDIR)/$(HTML)/index.html"
+
+sync-colab: $(STAMP)
+	$(PY) scripts/book_tools.py sync-colab
+
+jupyter: $(STAMP)
+	$(VENV)/bin/jupyter lab book/
+
+clean:
+	rm -rf _build
+
+clean-cache:
+	rm -rf .lt_cache

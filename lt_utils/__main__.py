@@ -1,0 +1,241 @@
+"""Command line: the official two-stage recipe.
+
+    python -m lt_utils train --profile lab --model lab-clip --loss la --out runs/lab-clip      # stage 1
+    python -m lt_utils eval --runs runs/lab-clip runs/lab-openclip runs/lab-metaclip --out ensemble.json  # 2
+    python -m lt_utils estimate-prior --profile lab --model lab-clip --out prior.json
+
+Stage 1 fine-tunes one foundation model and writes a run folder; stage 2 combines several run folders by
+backdoor adjustment, without a forward pass. Multi-GPU: ``torchrun --nproc_per_node=N -m lt_utils train ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .cache import atomic_torch_save, atomic_write_text, safe_torch_load
+from .profiles import PROFILE_NAMES
+from .profiles import profile as get_profile
+
+RUN_FILES = dict(config="config.json", metrics="metrics.json", weights="adapter_head.safetensors",
+                 logits="logits.pt")
+LOSSES = ("ce", "la", "bs", "gla_train")  # lt.LOSS_NAMES; spelled out so --help needs no heavy import
+PEFTS = ("adaptformer", "vpt_shallow", "vpt_deep", "lora", "bitfit", "linear_probe", "full")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``python -m lt_utils`` (sub-commands train, eval, estimate-prior)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m lt_utils", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fine-tune foundation models on a long-tailed set (stage 1) and combine them by backdoor "
+                    "adjustment (stage 2), as in Chen et al. (ICML 2025).",
+        epilog="examples:\n"
+               "  python -m lt_utils train --profile lab --model lab-clip --out runs/lab-clip\n"
+               "  python -m lt_utils eval --runs runs/lab-clip runs/lab-openclip runs/lab-metaclip "
+               "--out runs/ensemble.json\n"
+               "  python -m lt_utils estimate-prior --profile lab --model lab-clip\n"
+               "Results are cached under $LT_CACHE_DIR (default ~/.cache/lt_utils).")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    profile_help = f"settings profile, one of {', '.join(PROFILE_NAMES)} (default: $LT_PROFILE, else lab)"
+    p = commands.add_parser(
+        "train", help="stage 1: fine-tune one foundation model and write a run folder",
+        description="Stage 1: fine-tune one foundation model (PEFT + cosine head) with the profile's recipe and "
+                    "write RUN_DIR/config.json (resolved settings), metrics.json (overall, D-group and P-group "
+                    f"test accuracy), {RUN_FILES['weights']} (adapter + head weights) and {RUN_FILES['logits']} "
+                    "(val/test logits and labels, for stage 2).")
+    p.add_argument("--profile", choices=PROFILE_NAMES, default=None, help=profile_help)
+    p.add_argument("--model", required=True, help="foundation model name, e.g. lab-clip or clip "
+                                                   "(see lt_utils.FOUNDATION_MODELS)")
+    p.add_argument("--loss", choices=LOSSES, default="la",
+                   help="training loss: ce, la (logit adjustment, default), bs (balanced softmax), gla_train "
+                        "(LA plus the estimated pre-training prior)")
+    p.add_argument("--seed", type=int, default=0, help="fine-tuning seed (data order, augmentation; default 0)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: the profile's)")
+    p.add_argument("--peft", choices=PEFTS, default=None, help="PEFT method (default: the profile's, adaptformer)")
+    p.add_argument("--distributed", action="store_true",
+                   help="train with DDP under torchrun (torchrun --nproc_per_node=N -m lt_utils train ...)")
+    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run folder to write")
+
+    p = commands.add_parser(
+        "eval", help="stage 2: combine run folders by backdoor adjustment",
+        description="Stage 2: backdoor adjustment of several stage-1 runs (no forward pass): fuse their test "
+                    "logits and report overall, D-group and (per member's prior) P-group accuracy, next to each "
+                    "member's own accuracy.")
+    p.add_argument("--runs", nargs="+", required=True, type=Path, metavar="RUN_DIR",
+                   help="run folders written by `train` (same profile and data)")
+    p.add_argument("--mode", choices=("logits", "probs"), default="logits",
+                   help="logits: sum of logits, a product of experts (the official code, default); probs: average "
+                        "of softmax probabilities (the paper's equation)")
+    p.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per run (default: equal)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE", help="metrics JSON to write (default: print)")
+
+    p = commands.add_parser(
+        "estimate-prior", help="GLA estimate of a foundation model's pre-training label prior",
+        description="Estimate the pre-training label prior of a foundation model from its zero-shot logits on the "
+                    "balanced val set (temperature calibration, then GLA's simplex-constrained fit).")
+    p.add_argument("--profile", choices=PROFILE_NAMES, default=None, help=profile_help)
+    p.add_argument("--model", required=True, help="foundation model name, e.g. lab-clip or clip")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE", help="prior JSON to write (default: print)")
+    for name, sub in commands.choices.items():
+        sub.set_defaults(subparser=sub)  # bad input: print this command's usage, not the top-level one
+    return parser
+
+
+def _as_list(x):
+    return x.tolist() if isinstance(x, torch.Tensor) else x
+
+
+def _report(logits, labels, d_groups, p_groups=None) -> dict:
+    """JSON-able accuracy summary (percent)."""
+    from .metrics import accuracy_report
+
+    report = accuracy_report(logits, labels, d_groups, p_groups)
+    keep = ("overall", "mean_per_class", "d_group", "p_group", "matrix")
+    return {k: _as_list(report[k]) for k in keep if k in report}
+
+
+def _write_json(obj, path: Path | None) -> None:
+    text = json.dumps(obj, indent=1)
+    if path is None:
+        print(text)
+    else:
+        atomic_write_text(text + "\n", path)
+        print(f"wrote {path}")
+
+
+def cmd_train(args) -> None:
+    from . import __version__
+    from .data import data_groups, prior_groups
+    from .models import build_classifier, load_foundation_model, save_checkpoint
+    from .train import dist_info, estimate_pretrain_prior, fine_tune
+
+    profile = args.profile
+    if args.distributed:
+        dist_info(True)
+    result = fine_tune(profile, args.model, loss=args.loss, seed=args.seed, peft=args.peft, epochs=args.epochs)
+    if dist_info()[1] != 0:
+        return  # rank 0 writes the run folder
+    pretrain_prior = estimate_pretrain_prior(profile, args.model)
+    d_groups, p_groups = data_groups(result["class_counts"]), prior_groups(pretrain_prior)
+    test, val = result["test"], result["val"]
+    metrics = dict(test=_report(test["logits"], test["labels"], d_groups, p_groups),
+                   val=_report(val["logits"], val["labels"], d_groups, p_groups),
+                   train_time_s=result["train_time_s"], history=result["history"])
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    model = build_classifier(load_foundation_model(args.model, device="cpu"), result["classnames"],
+                             peft=result["peft"])
+    model.load_state_dict(result["trainable_state"], strict=False)
+    save_checkpoint(out / RUN_FILES["weights"], model, meta=dict(model=args.model, loss=args.loss, seed=args.seed,
+                                                                  peft=result["peft"], epochs=result["epochs"]))
+    logits = {split: dict(logits=result[split]["logits"], labels=result[split]["labels"]) for split in ("val", "test")}
+    atomic_torch_save(dict(model=args.model, **logits, class_counts=result["class_counts"],
+                           pretrain_prior_estimate=pretrain_prior), out / RUN_FILES["logits"])
+    config = dict(command="train", model=args.model, loss=args.loss, seed=args.seed, peft=result["peft"],
+                  epochs=result["epochs"], trainable_params=result["trainable_params"],
+                  profile=profile.as_dict(), lt_utils_version=__version__)
+    atomic_write_text(json.dumps(config, indent=1) + "\n", out / RUN_FILES["config"])
+    atomic_write_text(json.dumps(metrics, indent=1) + "\n", out / RUN_FILES["metrics"])
+    t = metrics["test"]
+    print(f"{args.model} ({args.loss}, seed {args.seed}): test accuracy {t['overall']:.2f}%  "
+          f"D-groups {', '.join(f'{a:.1f}' for a in t['d_group'])}  P-groups "
+          f"{', '.join(f'{a:.1f}' for a in t['p_group'])}  -> {out}")
+
+
+def _load_run(run_dir: Path) -> dict:
+    path = Path(run_dir) / RUN_FILES["logits"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no {RUN_FILES['logits']}: make it with "
+                                f"`python -m lt_utils train --model NAME --out {run_dir}` first.")
+    return safe_torch_load(path)
+
+
+def cmd_eval(args) -> None:
+    from .backdoor import backdoor_adjust
+    from .data import data_groups, prior_groups
+
+    runs = [_load_run(r) for r in args.runs]
+    names = [str(r) for r in args.runs]
+    first = runs[0]
+    for name, run in zip(names[1:], runs[1:]):
+        if not torch.equal(run["test"]["labels"], first["test"]["labels"]) or \
+                not torch.equal(run["class_counts"], first["class_counts"]):
+            raise ValueError(f"{name} was evaluated on other data than {names[0]} (labels or class counts differ); "
+                             "combine runs of the same profile only.")
+    if args.weights is not None and len(args.weights) != len(runs):
+        raise ValueError(f"--weights needs one weight per run ({len(runs)}), got {len(args.weights)}.")
+    d_groups = data_groups(first["class_counts"])
+    labels = first["test"]["labels"]
+    fused = backdoor_adjust([r["test"]["logits"] for r in runs], weights=args.weights, mode=args.mode)
+    ensemble = _report(fused, labels, d_groups)
+    ensemble["p_group_by_member_prior"] = {
+        name: _as_list(_report(fused, labels, d_groups, prior_groups(run["pretrain_prior_estimate"]))["p_group"])
+        for name, run in zip(names, runs)}
+    members = {name: _report(run["test"]["logits"], labels, d_groups, prior_groups(run["pretrain_prior_estimate"]))
+               for name, run in zip(names, runs)}
+    _write_json(dict(command="eval", mode=args.mode, weights=args.weights, runs=names,
+                     models=[r["model"] for r in runs], ensemble=ensemble, members=members), args.out)
+    member_acc = ", ".join(f"{m['overall']:.2f}" for m in members.values())
+    print(f"backdoor adjustment ({args.mode}) of {len(runs)} runs: test accuracy {ensemble['overall']:.2f}% "
+          f"(members: {member_acc})", file=sys.stderr)
+
+
+def cmd_estimate_prior(args) -> None:
+    from .prior import rank_correlation
+    from .train import estimate_pretrain_prior, zero_shot
+
+    profile = args.profile
+    prior = estimate_pretrain_prior(profile, args.model)
+    result = dict(command="estimate-prior", profile=profile.name, model=args.model, prior=prior.tolist(),
+                  zero_shot_val_accuracy=_report(*(zero_shot(profile, args.model)["val"][k]
+                                                   for k in ("logits", "labels")), None)["overall"])
+    if profile.dataset == "lab":  # the lab knows the truth
+        from .lab import upstream_priors
+
+        true_prior = upstream_priors()[args.model]
+        result.update(true_prior=true_prior.tolist(), rank_correlation=rank_correlation(true_prior, prior))
+    _write_json(result, args.out)
+
+
+def _resolve_profile(name):
+    try:
+        return get_profile(name)
+    except RuntimeError as err:  # the clip profile without a GPU: a usage problem, not a crash
+        raise ValueError(str(err)) from err
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "estimate-prior": cmd_estimate_prior}
+
+
+def main(argv=None) -> int:
+    """Run the CLI; returns the exit status (2 with a usage message for bad arguments or inputs)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits 2 with a usage message on bad arguments
+    try:
+        if hasattr(args, "profile"):
+            args.profile = _resolve_profile(args.profile)
+        COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as err:
+        args.subparser.print_usage(sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

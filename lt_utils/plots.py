@@ -1,0 +1,241 @@
+"""The book's figures, in one shared style (``set_style()``).  Every function draws on ``ax`` (a new figure when
+None), returns the axes and never calls ``plt.show()``.  Accuracies are in percent, as ``lt_utils.metrics``
+returns them."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+
+from .prior import rank_correlation
+
+_GROUP_NAMES = ("Many", "Medium", "Few")
+GROUP_COLORS = ("#4C72B0", "#DD8452", "#C44E52")  # Many, Medium, Few: the same in every figure
+D_THRESHOLDS = (20, 100)  # D-Few < 20 <= D-Medium <= 100 < D-Many (OLTR convention)
+
+
+def set_style() -> None:
+    """The one style of the book: seaborn whitegrid, notebook context, the colour-blind palette."""
+    sns.set_theme(style="whitegrid", context="notebook", palette="colorblind",
+                  rc={"figure.dpi": 100, "savefig.dpi": 150, "axes.titlesize": "medium", "figure.autolayout": True})
+
+
+def _axes(ax, figsize=(6, 4)):
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def _numpy(x, dtype=np.float64) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def _group_legend(ax, group_names, used) -> None:
+    handles = [plt.Rectangle((0, 0), 1, 1, color=GROUP_COLORS[g]) for g in sorted(used)]
+    ax.legend(handles, [group_names[g] for g in sorted(used)], title="group", loc="upper right")
+
+
+def plot_long_tail(class_counts, ax=None, log: bool = True, groups=None, thresholds=D_THRESHOLDS,
+                   group_names=_GROUP_NAMES, title: str | None = None):
+    """Class counts sorted from head to tail as bars (log y by default), coloured by group (``groups``: one
+    index per class; default: the D-groups implied by ``thresholds``), with the thresholds drawn as lines."""
+    ax = _axes(ax, (7, 3.5))
+    counts = _numpy(class_counts)
+    if counts.ndim != 1 or counts.size == 0:
+        raise ValueError(f"class_counts must be a non-empty 1-D sequence, got shape {counts.shape}.")
+    if groups is None:  # D-groups: Many > 100, Medium 20..100, Few < 20
+        groups = np.where(counts > thresholds[1], 0, np.where(counts >= thresholds[0], 1, 2))
+    groups = _numpy(groups, np.int64)
+    if groups.shape != counts.shape:
+        raise ValueError(f"groups needs one entry per class ({counts.size}), got {groups.size}.")
+    order = np.argsort(-counts, kind="stable")
+    ax.bar(np.arange(counts.size), counts[order], width=1.0, linewidth=0,
+           color=[GROUP_COLORS[g] for g in groups[order]])
+    for threshold in thresholds or ():
+        ax.axhline(threshold, color="0.3", linestyle="--", linewidth=1)
+    if log and (counts > 0).any():
+        ax.set_yscale("log")
+    ax.set_xlim(-0.5, counts.size - 0.5)
+    ax.set_xlabel("class (sorted by count)")
+    ax.set_ylabel("training images")
+    if title:
+        ax.set_title(title)
+    _group_legend(ax, group_names, set(groups.tolist()))
+    return ax
+
+
+def plot_group_bars(results: dict, group_names=_GROUP_NAMES, ax=None, ylabel: str = "accuracy (%)",
+                    title: str | None = None, annotate: bool = False):
+    """Grouped bars: one cluster per group, one bar per method.  ``results``: name -> 3 values, or
+    seeds x 3 values (then the bar is the mean and the error bar the standard deviation over seeds)."""
+    ax = _axes(ax, (7, 3.5))
+    if not results:
+        raise ValueError("results is empty: pass {method name: [3 group accuracies] or [seeds x 3]}.")
+    num_groups, num_methods = len(group_names), len(results)
+    width = 0.8 / num_methods
+    x = np.arange(num_groups)
+    palette = sns.color_palette(n_colors=num_methods)
+    for i, (name, values) in enumerate(results.items()):
+        values = _numpy(values)
+        if values.ndim == 1:
+            values = values[None]
+        if values.ndim != 2 or values.shape[1] != num_groups:
+            raise ValueError(f"results[{name!r}] must hold {num_groups} values or seeds x {num_groups}, "
+                             f"got shape {values.shape}.")
+        mean, spread = values[0], None
+        if len(values) > 1:
+            with warnings.catch_warnings():  # an all-NaN column is a NaN bar, no need to shout
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, spread = np.nanmean(values, axis=0), np.nanstd(values, axis=0, ddof=1)
+        bars = ax.bar(x + (i - (num_methods - 1) / 2) * width, mean, width, yerr=spread, capsize=3,
+                      label=name if len(values) == 1 else f"{name} (n={len(values)})", color=palette[i])
+        if annotate:
+            ax.bar_label(bars, fmt="%.1f", fontsize="x-small", padding=2)
+    ax.set_xticks(x, group_names)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_group_matrix(matrix, ax=None, title: str | None = None, row_label: str = "D-group",
+                      col_label: str = "P-group", vmin=None, vmax=None, annotate: bool = True, counts=None,
+                      group_names=_GROUP_NAMES, cmap: str = "viridis", fmt: str = ".1f"):
+    """The 3x3 (D-group x P-group) accuracy heatmap with the numbers written in the cells; NaN cells (no class)
+    are left blank.  ``counts`` (same shape) adds the number of classes per cell to each label."""
+    ax = _axes(ax, (4.5, 3.8))
+    values = _numpy(matrix)
+    if values.ndim != 2:
+        raise ValueError(f"matrix must be 2-D, got shape {values.shape}.")
+    annot = annotate
+    if annotate:
+        n = None if counts is None else _numpy(counts, np.int64)
+        if n is not None and n.shape != values.shape:
+            raise ValueError(f"counts must have the matrix's shape {values.shape}, got {n.shape}.")
+        annot = np.array([["" if np.isnan(v) else format(v, fmt) + ("" if n is None else f"\n({n[i, j]})")
+                           for j, v in enumerate(row)] for i, row in enumerate(values)])
+    if np.isnan(values).all() and vmin is None and vmax is None:  # nothing to scale the colours by
+        vmin, vmax = 0.0, 100.0
+    rows = [f"{row_label[0]}-{g}" for g in group_names][:values.shape[0]]
+    cols = [f"{col_label[0]}-{g}" for g in group_names][:values.shape[1]]
+    sns.heatmap(values, ax=ax, annot=annot, fmt="", cmap=cmap, vmin=vmin, vmax=vmax, mask=np.isnan(values),
+                xticklabels=cols, yticklabels=rows, cbar_kws={"label": "accuracy (%)"}, linewidths=0.5)
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
+    ax.tick_params(axis="y", rotation=0)
+    ax.grid(False)  # the style's grid would show through blank (NaN) cells
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_prior_scatter(true_prior, est_prior, ax=None, groups=None, group_names=_GROUP_NAMES,
+                       title: str | None = None):
+    """Estimated vs true prior per class on log-log axes with the identity line; the Spearman rank correlation
+    is in the title.  Both priors are normalised to sum to 1 first."""
+    ax = _axes(ax, (4.5, 4.5))
+    true_p, est_p = _numpy(true_prior), _numpy(est_prior)
+    if true_p.shape != est_p.shape or true_p.ndim != 1:
+        raise ValueError(f"true and estimated prior need the same 1-D shape, got {true_p.shape} and {est_p.shape}.")
+    if (true_p <= 0).any() or (est_p <= 0).any():
+        raise ValueError("priors must be positive for a log-log plot.")
+    true_p, est_p = true_p / true_p.sum(), est_p / est_p.sum()
+    rho = rank_correlation(true_p, est_p)
+    if groups is None:
+        ax.scatter(true_p, est_p, s=14, alpha=0.8)
+    else:
+        groups = _numpy(groups, np.int64)
+        for g in sorted(set(groups.tolist())):
+            ax.scatter(true_p[groups == g], est_p[groups == g], s=14, alpha=0.8, color=GROUP_COLORS[g],
+                       label=group_names[g])
+        ax.legend(fontsize="small")
+    lo, hi = min(true_p.min(), est_p.min()) / 1.5, max(true_p.max(), est_p.max()) * 1.5
+    ax.plot([lo, hi], [lo, hi], color="0.4", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("true prior")
+    ax.set_ylabel("estimated prior")
+    ax.set_title((title + "\n" if title else "") + f"Spearman $\\rho$ = {rho:.3f}")
+    return ax
+
+
+def plot_per_class_vs_prior(per_class_acc, prior, ax=None, groups=None, group_names=_GROUP_NAMES,
+                            xlabel: str = "prior", title: str | None = None, bins: int = 10):
+    """Per-class accuracy (%) against a prior (log x), one dot per class (coloured by ``groups``), with the mean
+    accuracy in ``bins`` equal-size bins of the prior as a line.  NaN accuracies are skipped."""
+    ax = _axes(ax, (6, 4))
+    acc, p = _numpy(per_class_acc), _numpy(prior)
+    if acc.shape != p.shape or acc.ndim != 1:
+        raise ValueError(f"per_class_acc and prior need the same 1-D shape, got {acc.shape} and {p.shape}.")
+    keep = np.isfinite(acc) & (p > 0)
+    if groups is None:
+        ax.scatter(p[keep], acc[keep], s=14, alpha=0.7)
+    else:
+        groups = _numpy(groups, np.int64)
+        for g in sorted(set(groups[keep].tolist())):
+            sel = keep & (groups == g)
+            ax.scatter(p[sel], acc[sel], s=14, alpha=0.7, color=GROUP_COLORS[g], label=group_names[g])
+    if keep.sum() >= 2 * bins:  # binned trend: equal numbers of classes per bin
+        order = np.argsort(p[keep])
+        chunks = np.array_split(order, bins)
+        ax.plot([np.exp(np.log(p[keep][c]).mean()) for c in chunks], [acc[keep][c].mean() for c in chunks],
+                color="0.2", marker="o", markersize=3, linewidth=1.5, label="binned mean")
+    if groups is not None or keep.sum() >= 2 * bins:
+        ax.legend(fontsize="small")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("per-class accuracy (%)")
+    rho = rank_correlation(p[keep], acc[keep]) if keep.sum() >= 2 else float("nan")
+    ax.set_title((title + "\n" if title else "") + f"Spearman $\\rho$ = {rho:.3f}")
+    return ax
+
+
+def show_images(images, labels=None, classnames=None, nrow: int = 8, ax=None, mean=None, std=None,
+                max_images: int = 64, min_cell: int = 64, pad: int = 2):
+    """A grid of images (N x C x H x W uint8, or float: in [0, 1], or normalised when ``mean``/``std`` are
+    given; C = 1 or 3) with optional captions (``classnames[label]`` or the label).  Small images are enlarged
+    by an integer factor with nearest-neighbour pixels (to >= ``min_cell`` px) so 16-24 px glyphs stay crisp."""
+    x = torch.as_tensor(images).detach().cpu()
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or len(x) == 0:
+        raise ValueError(f"images must be N x C x H x W with C = 1 or 3 (N > 0), got {tuple(x.shape)}.")
+    x = x[:max_images]
+    if x.dtype == torch.uint8:
+        x = x.float() / 255
+    else:
+        x = x.float()
+        if mean is not None and std is not None:
+            x = x * torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1) \
+                + torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    x = x.clamp(0, 1).expand(-1, 3, -1, -1)
+    n, _, h, w = x.shape
+    scale = max(1, math.ceil(min_cell / max(h, w)))
+    x = x.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)  # nearest-neighbour upscaling
+    h, w = h * scale, w * scale
+    ncol = min(nrow, n)
+    nrows = math.ceil(n / ncol)
+    grid = torch.ones(3, nrows * (h + pad) + pad, ncol * (w + pad) + pad)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = x[i]
+    ax = _axes(ax, (1.2 * ncol, 1.35 * nrows))
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_axis_off()
+    if labels is not None:
+        labels = _numpy(labels, np.int64)[:n]
+        for i, label in enumerate(labels):
+            r, c = divmod(i, ncol)
+            text = classnames[label] if classnames is not None else str(label)
+            ax.text(pad + c * (w + pad) + w / 2, pad + r * (h + pad) + h - 1, text, ha="center", va="bottom",
+                    fontsize="x-small", color="white", bbox=dict(facecolor="black", alpha=0.5, pad=1, linewidth=0))
+    return ax

@@ -1,0 +1,186 @@
+"""Small helpers behind the Makefile: which notebooks the toc lists, the scratch copy that nbmake executes, and
+the Colab links derived from the ONE repository URL in _config.yml.
+
+    python scripts/book_tools.py notebooks [--root DIR]   # toc notebooks, in toc order
+    python scripts/book_tools.py stage DIR                # copy the book into DIR with execution turned off
+    python scripts/book_tools.py check DIR                # DIR's notebooks are executed, error-free and current
+    python scripts/book_tools.py sync-colab [--check]     # rewrite badges + Colab install lines from _config.yml
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BOOK_DIR = "book"
+BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+_BADGE_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^)\s\"'>]+")
+_INSTALL_SPEC = re.compile(r"lt_utils @ git\+https://github\.com/[^\"'\s]+")
+
+
+def load_config(root: Path = ROOT) -> dict:
+    """The book's _config.yml as a dict."""
+    return yaml.safe_load((root / "_config.yml").read_text())
+
+
+def repository(config: dict) -> tuple[str, str]:
+    """(owner/name, branch) of the GitHub repository named in _config.yml."""
+    repo = config.get("repository") or {}
+    url, branch = str(repo.get("url", "")).rstrip("/"), str(repo.get("branch") or "main")
+    match = re.fullmatch(r"https://github\.com/([\w.-]+/[\w.-]+?)(\.git)?", url)
+    if not match:
+        raise ValueError(f"_config.yml: repository.url must look like https://github.com/OWNER/NAME, got {url!r}.")
+    return match.group(1), branch
+
+
+def colab_link(notebook: str | Path, config: dict) -> str:
+    """The Open-in-Colab URL of a notebook given by its path relative to the repository root."""
+    slug, branch = repository(config)
+    return f"https://colab.research.google.com/github/{slug}/blob/{branch}/{Path(notebook).as_posix()}"
+
+
+def install_spec(config: dict) -> str:
+    """What the Colab setup cell pip-installs: lt_utils straight from the repository."""
+    slug, branch = repository(config)
+    return f"lt_utils @ git+https://github.com/{slug}@{branch}"
+
+
+def toc_files(root: Path = ROOT) -> list[Path]:
+    """Every file of _toc.yml (root first, then in order), resolved to an existing .md or .ipynb path."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    entries = [toc["root"]]
+
+    def walk(items):
+        for item in items or []:
+            if "file" in item:
+                entries.append(item["file"])
+            walk(item.get("sections"))
+
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    paths = []
+    for entry in entries:
+        candidates = [root / f"{entry}{ext}" for ext in (".ipynb", ".md")] + [root / entry]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(f"_toc.yml lists {entry!r} but no {entry}.ipynb or {entry}.md exists.")
+        paths.append(found)
+    return paths
+
+
+def toc_notebooks(root: Path = ROOT) -> list[Path]:
+    """The notebooks of the toc, in toc order (the order they are executed in)."""
+    return [p for p in toc_files(root) if p.suffix == ".ipynb"]
+
+
+def stage(dest: Path, root: Path = ROOT) -> Path:
+    """Copy the book (config, toc, bib, book/) into ``dest`` with execution off: nbmake executes the copies
+    in place, and jupyter-book then renders them as they are (so nothing runs twice)."""
+    dest = Path(dest).resolve()
+    if dest == root.resolve() or root.resolve() not in dest.parents:
+        raise ValueError(f"The scratch folder must lie inside the repository (e.g. .lt_cache/book_executed), got {dest}.")
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(root / BOOK_DIR, dest / BOOK_DIR, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    for name in ("_toc.yml", "references.bib"):
+        shutil.copy2(root / name, dest / name)
+    config = load_config(root)
+    config.setdefault("execute", {})["execute_notebooks"] = "off"
+    (dest / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return dest
+
+
+def _sources(nb) -> list[tuple[str, str]]:
+    return [(cell.cell_type, cell.source) for cell in nb.cells]
+
+
+def check_executed(dest: Path, root: Path = ROOT) -> list[str]:
+    """Problems with the executed copies in ``dest`` (empty list: ready to render)."""
+    problems = []
+    for source in toc_notebooks(root):
+        rel = source.relative_to(root)
+        copy = Path(dest) / rel
+        if not copy.is_file():
+            problems.append(f"{rel}: not executed yet (no {copy}).")
+            continue
+        nb, nb_source = nbformat.read(copy, as_version=4), nbformat.read(source, as_version=4)
+        if _sources(nb) != _sources(nb_source):
+            problems.append(f"{rel}: changed since it was executed.")
+            continue
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code" or not cell.source.strip():
+                continue
+            if cell.get("execution_count") is None:
+                problems.append(f"{rel}: cell {i} was not executed.")
+                break
+            if any(out.get("output_type") == "error" for out in cell.get("outputs", [])):
+                problems.append(f"{rel}: cell {i} raised an error.")
+                break
+    return problems
+
+
+def sync_colab(root: Path = ROOT, check: bool = False) -> list[Path]:
+    """Point every notebook's Colab badge and setup-cell install line at the repository of _config.yml.
+    Returns the notebooks that were (``check=True``: would be) changed."""
+    config = load_config(root)
+    spec = install_spec(config)
+    changed = []
+    for path in sorted((root / BOOK_DIR).glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        link = colab_link(path.relative_to(root), config)
+        dirty = False
+        for cell in nb.cells:
+            new = _BADGE_LINK.sub(link, cell.source) if cell.cell_type == "markdown" else cell.source
+            if cell.cell_type == "code":
+                new = _INSTALL_SPEC.sub(spec, new)
+            if new != cell.source:
+                cell.source, dirty = new, True
+        if dirty:
+            changed.append(path)
+            if not check:
+                nbformat.write(nb, path)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("notebooks", help="print the toc notebooks, in order")
+    p.add_argument("--root", type=Path, default=None, help="print their paths inside this copy of the book")
+    sub.add_parser("stage", help="copy the book into DIR with execution off").add_argument("dest", type=Path)
+    sub.add_parser("check", help="check the executed copies in DIR").add_argument("dest", type=Path)
+    p = sub.add_parser("sync-colab", help="rewrite Colab badges and install lines from _config.yml")
+    p.add_argument("--check", action="store_true", help="only report notebooks that are out of date")
+    args = parser.parse_args(argv)
+
+    if args.command == "notebooks":
+        for path in toc_notebooks():
+            print((args.root / path.relative_to(ROOT)) if args.root else path.relative_to(ROOT))
+    elif args.command == "stage":
+        print(f"staged the book in {stage(args.dest)}")
+    elif args.command == "check":
+        problems = check_executed(args.dest)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
+            print("Run `make test` (or `make book`) to execute the notebooks first.", file=sys.stderr)
+            return 1
+    elif args.command == "sync-colab":
+        changed = sync_colab(check=args.check)
+        for path in changed:
+            print(f"{'out of date' if args.check else 'updated'}: {path.relative_to(ROOT)}")
+        if args.check and changed:
+            print("Run `make sync-colab` to point them at _config.yml's repository.", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

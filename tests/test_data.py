@@ -1,0 +1,443 @@
+"""Tests of lt_utils.data: counts, groups, the dataset loaders on fabricated files, TensorAugment, loaders."""
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+import lt_utils as lt
+from lt_utils import data as D
+
+# ----------------------------------------------------------------------------------------------- long-tail profile
+
+
+@pytest.mark.parametrize("ratio, total", [(100, 10847), (50, 12608), (10, 19573)])
+def test_cifar100_lt_totals(ratio, total):
+    counts = lt.long_tail_counts(100, 500, ratio)
+    assert sum(counts) == total
+    assert counts[0] == 500 and counts[-1] == 500 // ratio
+    assert all(a >= b for a, b in zip(counts, counts[1:]))
+
+
+def test_balanced_profile():
+    assert lt.long_tail_counts(5, 30, 1) == [30] * 5
+
+
+@pytest.mark.parametrize("args, match", [
+    ((1, 500, 100), "num_classes"), ((2.5, 500, 100), "num_classes"), ((10, 0, 100), "n_max"),
+    ((10, 500, 0.5), "imbalance_ratio must be >= 1"), ((10, 500, float("nan")), "imbalance_ratio"),
+])
+def test_long_tail_counts_errors(args, match):
+    with pytest.raises(ValueError, match=match):
+        lt.long_tail_counts(*args)
+
+
+# ----------------------------------------------------------------------------------------------- groups
+
+def test_cifar100_groups_35_35_30():
+    groups = lt.data_groups(lt.long_tail_counts(100, 500, 100))
+    assert torch.bincount(groups).tolist() == [35, 35, 30]
+    assert groups.tolist() == sorted(groups.tolist())  # head classes first
+    assert torch.equal(lt.cifar100_lt_groups(), groups)
+    assert lt.GROUP_NAMES == ("Many", "Medium", "Few")
+
+
+def test_data_group_thresholds_and_reference():
+    assert lt.data_groups([101, 100, 20, 19, 0]).tolist() == [0, 1, 1, 2, 2]
+    ir10 = lt.long_tail_counts(100, 500, 10)
+    assert torch.bincount(lt.data_groups(ir10), minlength=3).tolist()[2] == 0  # IR 10 alone has no Few class
+    ir100 = lt.long_tail_counts(100, 500, 100)
+    assert torch.equal(lt.data_groups(ir10, reference=ir100), lt.cifar100_lt_groups())
+    with pytest.raises(ValueError, match="reference has 3 classes"):
+        lt.data_groups(ir10, reference=[1, 2, 3])
+    with pytest.raises(ValueError, match="non-negative"):
+        lt.data_groups([5, -1, 3])
+    with pytest.raises(ValueError, match="1-D"):
+        lt.data_groups(torch.ones(2, 2))
+
+
+def test_prior_groups_terciles():
+    prior = torch.rand(100, generator=torch.Generator().manual_seed(0))
+    groups = lt.prior_groups(prior)
+    assert torch.bincount(groups).tolist() == [34, 33, 33]
+    assert prior[groups == 0].min() > prior[groups == 1].max() > 0
+    assert prior[groups == 1].min() > prior[groups == 2].max()
+    assert torch.bincount(lt.prior_groups(torch.rand(7))).tolist() == [3, 2, 2]
+
+
+def test_prior_groups_ties_are_stable():
+    assert lt.prior_groups([0.2] * 6).tolist() == [0, 0, 1, 1, 2, 2]
+    assert lt.prior_groups(np.array([0.1, 0.5, 0.1, 0.3, 0.0, 0.0])).tolist() == [1, 0, 1, 0, 2, 2]
+    with pytest.raises(ValueError, match="at least 3"):
+        lt.prior_groups([0.5, 0.5])
+
+
+# ----------------------------------------------------------------------------------------------- InMemoryDataset
+
+def tiny_dataset(n=10, classes=3, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+    targets = torch.arange(n) % classes
+    return lt.InMemoryDataset(images, targets, [f"class {i}" for i in range(classes)])
+
+
+def test_in_memory_dataset_basics():
+    ds = tiny_dataset(n=10, classes=4)
+    assert len(ds) == 10 and ds.num_classes == 4
+    assert ds.class_counts.tolist() == [3, 3, 2, 2] and ds.class_counts.dtype == torch.long
+    image, label = ds[5]
+    assert image.dtype == torch.uint8 and image.shape == (3, 8, 8) and label == 1 and isinstance(label, int)
+    sub = ds.subset([0, 4, 8])
+    assert sub.targets.tolist() == [0, 0, 0] and sub.class_counts.tolist() == [3, 0, 0, 0]
+    assert torch.equal(sub.images[1], ds.images[4])
+    assert len(ds.subset(ds.targets == 2)) == 2
+    moved = ds.to("cpu")
+    assert torch.equal(moved.images, ds.images) and moved.classnames == ds.classnames
+    with_tf = lt.InMemoryDataset(ds.images, ds.targets, ds.classnames, transform=lambda x: x.float() / 255)
+    assert with_tf[0][0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("images, targets, match", [
+    (torch.rand(4, 3, 8, 8), [0, 1, 0, 1], "uint8"),
+    (torch.zeros(4, 1, 8, 8, dtype=torch.uint8), [0, 1, 0, 1], "N x 3 x H x W"),
+    (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), [0, 1, 0], "one integer label per image"),
+    (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), [0, 1, 0, 2], r"\[0, 2\)"),
+])
+def test_in_memory_dataset_errors(images, targets, match):
+    with pytest.raises(ValueError, match=match):
+        lt.InMemoryDataset(images, targets, ["a", "b"])
+
+
+# ----------------------------------------------------------------------------------------------- load_dataset errors
+
+def test_load_dataset_argument_errors(tmp_path):
+    with pytest.raises(ValueError, match="cifar100_lt, imagenet_lt, places_lt, lab"):
+        lt.load_dataset("cifar10_lt", tmp_path)
+    with pytest.raises(ValueError, match="splits train, test"):
+        lt.load_dataset("cifar100_lt", tmp_path, split="val")
+    with pytest.raises(ValueError, match="imbalance_ratio must be >= 1"):
+        lt.load_dataset("cifar100_lt", tmp_path, imbalance_ratio=0.5)
+    with pytest.raises(ValueError, match="cifar100_lt only"):
+        lt.load_dataset("places_lt", tmp_path, imbalance_ratio=10)
+    with pytest.raises(ValueError, match="cannot be downloaded"):
+        lt.load_dataset("imagenet_lt", tmp_path, download=True)
+
+
+def test_cifar_missing_folder_names_folder_and_flag(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        lt.load_dataset("cifar100_lt", tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "cifar-100-python") in message and "download=True" in message
+
+
+def test_root_defaults_to_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("LT_DATA_ROOT", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "cifar-100-python")):
+        lt.load_dataset("cifar100_lt")
+
+
+# ----------------------------------------------------------------------------------------------- fabricated CIFAR-100
+
+PER_CLASS_TRAIN, PER_CLASS_TEST = 8, 2
+FINE_NAMES = [f"class_{i}" for i in range(100)]
+FINE_NAMES[1], FINE_NAMES[47] = "aquarium_fish", "maple_tree"  # real CIFAR-100 names at their real indices
+
+
+def _write_pickle(obj, path):
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory):
+    """A CIFAR-100 folder in the real format (python pickles, N x 3072 uint8 rows, shuffled labels)."""
+    root = tmp_path_factory.mktemp("cifar")
+    folder = root / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(123)
+    for split, per_class in (("train", PER_CLASS_TRAIN), ("test", PER_CLASS_TEST)):
+        labels = rng.permutation(np.repeat(np.arange(100), per_class))
+        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        _write_pickle({"filenames": [f"{i}.png" for i in range(len(labels))], "batch_label": split,
+                       "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist(), "data": data},
+                      folder / split)
+    _write_pickle({"fine_label_names": FINE_NAMES, "coarse_label_names": [f"super_{i}" for i in range(20)]},
+                  folder / "meta")
+    return root
+
+
+def _read_split(root, split):
+    with open(root / "cifar-100-python" / split, "rb") as f:
+        entry = pickle.load(f, encoding="latin1")
+    return entry["data"].reshape(-1, 3, 32, 32), np.asarray(entry["fine_labels"])
+
+
+def _lift_reference(labels, ratio):
+    """LIFT's IMBALANCECIFAR100 selection, verbatim in spirit: global np.random.seed(0), shuffle per class."""
+    state = np.random.get_state()
+    try:
+        np.random.seed(0)
+        img_max = len(labels) / 100
+        keep = []
+        for c in np.unique(labels):
+            n = int(img_max * ((1 / ratio) ** (c / (100 - 1.0))))
+            idx = np.where(labels == c)[0]
+            np.random.shuffle(idx)
+            keep.append(idx[:n])
+        return np.concatenate(keep)
+    finally:
+        np.random.set_state(state)
+
+
+def test_cifar100_lt_train_matches_lift_selection(cifar_root):
+    ds = lt.load_dataset("cifar100_lt", cifar_root, split="train", imbalance_ratio=4)
+    counts = lt.long_tail_counts(100, PER_CLASS_TRAIN, 4)
+    assert isinstance(ds, lt.InMemoryDataset) and ds.images.shape == (sum(counts), 3, 32, 32)
+    assert ds.images.dtype == torch.uint8 and ds.class_counts.tolist() == counts
+    data, labels = _read_split(cifar_root, "train")
+    keep = _lift_reference(labels, 4)
+    assert torch.equal(ds.images, torch.from_numpy(data[keep]))
+    assert torch.equal(ds.targets, torch.from_numpy(labels[keep]))
+    assert ds.classnames[1] == "aquarium fish" and ds.classnames[47] == "maple tree"
+    assert all("_" not in c for c in ds.classnames)
+    other_seed = lt.load_dataset("cifar100_lt", cifar_root, imbalance_ratio=4, seed=1)
+    assert torch.equal(other_seed.targets, ds.targets) and not torch.equal(other_seed.images, ds.images)
+
+
+def test_cifar100_test_split_is_balanced_and_complete(cifar_root):
+    ds = lt.load_dataset("cifar100_lt", cifar_root, split="test", imbalance_ratio=50)
+    data, labels = _read_split(cifar_root, "test")
+    assert torch.equal(ds.images, torch.from_numpy(data))
+    assert ds.class_counts.tolist() == [PER_CLASS_TEST] * 100
+    image, label = lt.load_dataset("cifar100_lt", cifar_root, split="test", transform=lt.TensorAugment(16))[0]
+    assert image.shape == (3, 16, 16) and label == labels[0]
+
+
+def test_cifar_corrupted_file_says_what_to_do(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for name in ("train", "test", "meta"):
+        (folder / name).write_bytes(b"not a pickle")
+    with pytest.raises(RuntimeError, match="download=True"):
+        lt.load_dataset("cifar100_lt", tmp_path)
+
+
+# ------------------------------------------------------------------------------------------- ImageNet-LT / Places-LT
+
+def _fabricate_tree(root, split_dir, prefix, entries):
+    """Write small JPEGs and the split files ("relative/path label" per line) under ``root``."""
+    rng = np.random.default_rng(0)
+    for split, rows in entries.items():
+        lines = []
+        for rel, label in rows:
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)).save(path)
+            lines.append(f"{rel} {label}")
+        split_dir.mkdir(parents=True, exist_ok=True)
+        (split_dir / f"{prefix}_{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def test_imagenet_lt_fabricated_tree(tmp_path):
+    rows = [("train/n01440764/n01440764_1.JPEG", 0), ("train/n01440764/n01440764_2.JPEG", 0),
+            ("train/n01443537/n01443537_1.JPEG", 1), ("train/n15075141/n15075141_1.JPEG", 999)]
+    _fabricate_tree(tmp_path, tmp_path / "ImageNet_LT", "ImageNet_LT",
+                    {"train": rows, "test": [("val/n01440764/ILSVRC2012_val_1.JPEG", 0)]})
+    ds = lt.load_dataset("imagenet_lt", tmp_path, split="train")
+    assert len(ds) == 4 and ds.targets.tolist() == [0, 0, 1, 999]
+    assert ds.num_classes == 1000 and ds.class_counts.sum() == 4 and ds.class_counts[0] == 2
+    assert ds.classnames[:2] == ["tench", "goldfish"]
+    image, label = ds[2]
+    assert isinstance(image, Image.Image) and image.size == (28, 20) and image.mode == "RGB" and label == 1
+    test = lt.load_dataset("imagenet_lt", tmp_path, split="test",
+                           transform=lt.torchvision_transforms(16, train=False))
+    x, y = test[0]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y == 0
+    with pytest.raises(FileNotFoundError, match="ImageNet_LT_val.txt.*shijxcs/LIFT"):
+        lt.load_dataset("imagenet_lt", tmp_path, split="val")
+    with pytest.raises(FileNotFoundError, match="root= must be the folder"):
+        lt.load_dataset("imagenet_lt", tmp_path / "ImageNet_LT", split="train")  # split files found, images not
+
+
+def test_places_lt_fabricated_tree_and_loader(tmp_path):
+    rows = [("train/airfield/00000001.jpg", 0), ("train/apartment_building-outdoor/00000002.jpg", 8),
+            ("train/zen_garden/00000003.jpg", 364)]
+    _fabricate_tree(tmp_path, tmp_path, "Places_LT", {"val": rows})  # split file directly in root
+    transform = lt.torchvision_transforms(16, train=True)
+    ds = lt.load_dataset("places_lt", tmp_path, split="val", transform=transform)
+    assert ds.num_classes == 365 and ds.targets.tolist() == [0, 8, 364]
+    assert ds.classnames[0] == "airfield" and ds.classnames[8] == "apartment building outdoor"
+    assert ds.classnames[364] == "zen garden" and all("_" not in c for c in ds.classnames)
+    loader = lt.make_loader(ds, batch_size=2, shuffle=False)
+    batches = list(loader)
+    assert len(loader) == 2 and [b[0].shape for b in batches] == [(2, 3, 16, 16), (1, 3, 16, 16)]
+    assert torch.cat([b[1] for b in batches]).tolist() == [0, 8, 364]
+
+
+def test_split_file_errors(tmp_path):
+    (tmp_path / "Places_LT_train.txt").write_text("train/a.jpg 0\ntrain/b.jpg\n")
+    with pytest.raises(ValueError, match="Places_LT_train.txt:2"):
+        lt.load_dataset("places_lt", tmp_path)
+    (tmp_path / "Places_LT_train.txt").write_text("train/a.jpg 365\n")
+    with pytest.raises(ValueError, match="outside"):
+        lt.load_dataset("places_lt", tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------- lab delegation
+
+def test_lab_delegates_to_make_world(monkeypatch):
+    import types
+    import lt_utils.lab
+    worlds = {}
+
+    def fake_make_world(seed=0):
+        worlds[seed] = types.SimpleNamespace(train=tiny_dataset(seed=seed), val=tiny_dataset(4), test=None)
+        return worlds[seed]
+
+    monkeypatch.setattr(lt_utils.lab, "make_world", fake_make_world)
+    assert lt.load_dataset("lab", split="val", seed=3) is worlds[3].val
+    flipped = lt.load_dataset("lab", split="train", seed=1, transform=lambda x: x.flip(-1))
+    assert flipped is not worlds[1].train and worlds[1].train.transform is None  # the world is not changed
+    assert torch.equal(flipped[0][0], worlds[1].train.images[0].flip(-1))
+    with pytest.raises(ValueError, match="splits train, val, test"):
+        lt.load_dataset("lab", split="holdout")
+
+
+# ----------------------------------------------------------------------------------------------- TensorAugment
+
+def random_batch(n=6, h=32, w=32, seed=0):
+    return torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_tensor_augment_shapes_and_normalisation(train):
+    augment = lt.TensorAugment(40, lt.CLIP_MEAN, lt.CLIP_STD, train=train)
+    out = augment(random_batch())
+    assert out.shape == (6, 3, 40, 40) and out.dtype == torch.float32
+    assert augment(random_batch()[0]).shape == (3, 40, 40)
+    constant = torch.full((4, 3, 32, 32), 200, dtype=torch.uint8)
+    expected = (200 / 255 - torch.tensor(lt.CLIP_MEAN)) / torch.tensor(lt.CLIP_STD)
+    torch.testing.assert_close(augment(constant), expected.view(1, 3, 1, 1).expand(4, 3, 40, 40))
+
+
+@pytest.mark.parametrize("shape, out, resize", [
+    ((32, 32), 56, 64), ((24, 36), 56, 64), ((40, 30), 56, 64),  # enlarging (CIFAR -> 224 style)
+    ((64, 80), 24, 28), ((96, 96), 24, 24),  # shrinking: antialiased like torchvision
+])
+def test_tensor_augment_test_mode_equals_torchvision(shape, out, resize):
+    """torchvision's Resize(short side) + CenterCrop on a float image, then Normalize."""
+    x = random_batch(3, *shape).float() / 255
+    ours = lt.TensorAugment(out, (0.5, 0.4, 0.3), (0.2, 0.3, 0.25), train=False, test_resize=resize)(x)
+    reference = v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(out),
+                            v2.Normalize([0.5, 0.4, 0.3], [0.2, 0.3, 0.25])])
+    torch.testing.assert_close(ours, torch.stack([reference(img) for img in x]), atol=1e-4, rtol=0)
+
+
+def test_tensor_augment_full_box_is_a_resize_and_flip_mirrors():
+    x = random_batch(64)
+    plain = lt.TensorAugment(48, train=True, scale=(1, 1), ratio=(1, 1), flip=False)(x)
+    reference = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Resize((48, 48), antialias=True),
+                            v2.Normalize(list(lt.CLIP_MEAN), list(lt.CLIP_STD))])
+    torch.testing.assert_close(plain, torch.stack([reference(img) for img in x]), atol=2e-5, rtol=0)
+    flipped = lt.TensorAugment(48, train=True, scale=(1, 1), ratio=(1, 1), flip=True)(
+        x, generator=torch.Generator().manual_seed(0))
+    same = (flipped - plain).abs().amax(dim=(1, 2, 3)) < 1e-5
+    mirrored = (flipped - plain.flip(-1)).abs().amax(dim=(1, 2, 3)) < 1e-5
+    assert bool((same ^ mirrored).all()) and 10 < int(mirrored.sum()) < 54
+
+
+def test_tensor_augment_is_seeded_and_per_sample():
+    augment = lt.TensorAugment(32, train=True)
+    x = random_batch(1).expand(16, 3, 32, 32)  # 16 copies of one image
+    a = augment(x, generator=torch.Generator().manual_seed(7))
+    b = augment(x, generator=torch.Generator().manual_seed(7))
+    c = augment(x, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    distinct = {tuple(v.tolist()) for v in a[:, 0, 0, :4].round(decimals=4)}
+    assert len(distinct) > 12  # each copy got its own crop
+
+
+def test_random_boxes_follow_torchvision_rule():
+    augment = lt.TensorAugment(32, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+    x0, y0, w, h, flip = augment._random_boxes(4000, 32, 48, torch.Generator().manual_seed(0), "cpu")
+    assert bool(((x0 >= 0) & (x0 + w <= 48) & (y0 >= 0) & (y0 + h <= 32) & (w >= 1) & (h >= 1)).all())
+    assert torch.equal(w, w.round()) and torch.equal(x0, x0.floor())  # integer pixel boxes, as torchvision
+    area = w * h / (32 * 48)
+    assert 0.05 < float(area.min()) and float(area.max()) <= 1.0
+    assert 0.45 < float(flip.double().mean()) < 0.55
+    # torchvision's own sampler on the same image size gives the same mean crop area
+    import torchvision
+    tv = torch.tensor([(lambda p: p[2] * p[3])(torchvision.transforms.RandomResizedCrop.get_params(
+        torch.empty(3, 32, 48), [0.08, 1.0], [3 / 4, 4 / 3])) for _ in range(4000)], dtype=torch.float64)
+    assert abs(float(area.mean()) - float(tv.mean()) / (32 * 48)) < 0.02
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tensor_augment_on_cuda():
+    x = random_batch(8)
+    test = lt.TensorAugment(64, train=False)
+    torch.testing.assert_close(test(x.cuda()).cpu(), test(x), atol=1e-4, rtol=0)
+    train = lt.TensorAugment(64, train=True)
+    a = train(x.cuda(), generator=torch.Generator(device="cuda").manual_seed(0))
+    b = train(x.cuda(), generator=torch.Generator(device="cuda").manual_seed(0))
+    assert a.is_cuda and torch.equal(a, b)
+    x_gpu, y_gpu = next(iter(lt.make_loader(tiny_dataset(), 4, shuffle=True, device="cuda", batch_transform=train)))
+    assert x_gpu.is_cuda and y_gpu.is_cuda and x_gpu.shape == (4, 3, 64, 64)
+
+
+def test_tensor_augment_errors():
+    with pytest.raises(ValueError, match="uint8"):
+        lt.TensorAugment(8)(torch.zeros(2, 3, 8, 8, dtype=torch.int32))
+    with pytest.raises(ValueError, match="B x 3 x H x W"):
+        lt.TensorAugment(8)(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="scale"):
+        lt.TensorAugment(8, scale=(0.5, 1.5))
+    with pytest.raises(ValueError, match="test_resize"):
+        lt.TensorAugment(8, train=False, test_resize=4)
+
+
+def test_torchvision_transforms_take_pil_and_tensors():
+    image = random_batch(1, 20, 28)[0]
+    for train in (True, False):
+        tf = lt.torchvision_transforms(24, train=train)
+        assert tf(image).shape == (3, 24, 24)
+        assert tf(v2.functional.to_pil_image(image)).shape == (3, 24, 24)
+
+
+# ----------------------------------------------------------------------------------------------- make_loader
+
+def test_tensor_loader_epochs_cover_the_data():
+    ds = tiny_dataset(n=10)
+    loader = lt.make_loader(ds, batch_size=4, shuffle=True, device="cpu", seed=5)
+    assert isinstance(loader, D.TensorLoader) and len(loader) == 3
+    epochs = [torch.cat([y for _, y in loader]) for _ in range(2)]
+    images = torch.cat([x for x, _ in lt.make_loader(ds, 4, shuffle=True, seed=5)])
+    assert sorted(epochs[0].tolist()) == sorted(ds.targets.tolist())
+    order = [next(i for i in range(10) if torch.equal(ds.images[i], img)) for img in images]
+    assert sorted(order) == list(range(10)) and order != list(range(10))
+    assert torch.equal(ds.targets[order], epochs[0])  # same seed -> same first-epoch order
+    assert len(list(lt.make_loader(ds, 4, drop_last=True))) == 2
+    x, y = next(iter(lt.make_loader(ds, 4, batch_transform=lt.TensorAugment(16, train=False))))
+    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and y.tolist() == [0, 1, 2, 0]
+
+
+def test_loader_uses_dataloader_for_per_image_transforms():
+    ds = tiny_dataset(n=5)
+    ds.transform = lt.TensorAugment(12, train=False)
+    loader = lt.make_loader(ds, batch_size=2, device="cpu")
+    assert isinstance(loader, D.DeviceLoader) and len(loader) == 3
+    x, y = next(iter(loader))
+    assert x.shape == (2, 3, 12, 12) and y.tolist() == [0, 1]
+
+
+def test_balanced_subset_takes_per_class_from_every_class_and_depends_on_seed():
+    labels = torch.arange(10).repeat_interleave(torch.arange(3, 13))
+    picked = lt.balanced_subset(labels, 3, seed=1)
+    assert torch.equal(torch.bincount(labels[picked]), torch.full((10,), 3))
+    assert len(set(picked.tolist())) == len(picked)
+    assert not torch.equal(picked, lt.balanced_subset(labels, 3, seed=2))
+    with pytest.raises(ValueError, match="smallest class"):
+        lt.balanced_subset(labels, 4)
