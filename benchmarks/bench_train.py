@@ -8,7 +8,7 @@ whole call (``lt.train`` includes its set-up), best of ``--repeats`` runs in alt
 - CUDA (when present): a random-weight ViT-B/16 + AdaptFormer + cosine head, CIFAR-sized uint8 images on the
   GPU upsampled to 224 by ``TensorAugment``, fp16 autocast + GradScaler in both loops.
 
-    python benchmarks/bench_train.py [--steps 30] [--repeats 5]
+    python benchmarks/bench_train.py [--steps 60] [--repeats 11]
 """
 from __future__ import annotations
 
@@ -102,8 +102,8 @@ def measure(name, vit_kwargs, image_size, device, steps, repeats) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps of 128 images per timed run")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per loop (best is kept)")
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps of 128 images per timed run")
+    parser.add_argument("--repeats", type=int, default=11, help="timed runs per loop (best is kept)")
     parser.add_argument("--cuda-only", action="store_true", help="skip the CPU measurement")
     args = parser.parse_args()
     rows = []

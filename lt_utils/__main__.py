@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -95,21 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _as_list(x):
-    return x.tolist() if isinstance(x, torch.Tensor) else x
+def _as_json(x):
+    """Tensors to lists, NaN (an empty group) to null: strict JSON."""
+    x = x.tolist() if isinstance(x, torch.Tensor) else x
+    if isinstance(x, list):
+        return [_as_json(v) for v in x]
+    return None if isinstance(x, float) and math.isnan(x) else x
 
 
 def _report(logits, labels, d_groups, p_groups=None) -> dict:
-    """JSON-able accuracy summary (percent)."""
+    """JSON-able accuracy summary in percent (a group without classes is null)."""
     from .metrics import accuracy_report
 
     report = accuracy_report(logits, labels, d_groups, p_groups)
     keep = ("overall", "mean_per_class", "d_group", "p_group", "matrix")
-    return {k: _as_list(report[k]) for k in keep if k in report}
+    return {k: _as_json(report[k]) for k in keep if k in report}
 
 
 def _write_json(obj, path: Path | None) -> None:
-    text = json.dumps(obj, indent=1)
+    text = json.dumps(obj, indent=1, allow_nan=False)
     if path is None:
         print(text)
     else:
@@ -134,6 +139,8 @@ def cmd_train(args) -> None:
     test, val = result["test"], result["val"]
     metrics = dict(test=_report(test["logits"], test["labels"], d_groups, p_groups),
                    val=_report(val["logits"], val["labels"], d_groups, p_groups),
+                   groups=dict(d="D-Many/Medium/Few: > 100, 20-100, < 20 training images",
+                               p="P-Many/Medium/Few: terciles of GLA's estimate of the pre-training prior"),
                    train_time_s=result["train_time_s"], history=result["history"])
 
     out = args.out
@@ -143,18 +150,21 @@ def cmd_train(args) -> None:
     model.load_state_dict(result["trainable_state"], strict=False)
     save_checkpoint(out / RUN_FILES["weights"], model, meta=dict(model=args.model, loss=args.loss, seed=args.seed,
                                                                   peft=result["peft"], epochs=result["epochs"]))
-    logits = {split: dict(logits=result[split]["logits"], labels=result[split]["labels"]) for split in ("val", "test")}
+    logits = {split: {k: result[split][k] for k in ("logits", "labels")} for split in ("val", "test")}
     atomic_torch_save(dict(model=args.model, **logits, class_counts=result["class_counts"],
                            pretrain_prior_estimate=pretrain_prior), out / RUN_FILES["logits"])
     config = dict(command="train", model=args.model, loss=args.loss, seed=args.seed, peft=result["peft"],
                   epochs=result["epochs"], trainable_params=result["trainable_params"],
                   profile=profile.as_dict(), lt_utils_version=__version__)
     atomic_write_text(json.dumps(config, indent=1) + "\n", out / RUN_FILES["config"])
-    atomic_write_text(json.dumps(metrics, indent=1) + "\n", out / RUN_FILES["metrics"])
+    atomic_write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n", out / RUN_FILES["metrics"])
     t = metrics["test"]
     print(f"{args.model} ({args.loss}, seed {args.seed}): test accuracy {t['overall']:.2f}%  "
-          f"D-groups {', '.join(f'{a:.1f}' for a in t['d_group'])}  P-groups "
-          f"{', '.join(f'{a:.1f}' for a in t['p_group'])}  -> {out}")
+          f"D-groups {_fmt(t['d_group'])}  P-groups {_fmt(t['p_group'])}  -> {out}")
+
+
+def _fmt(values) -> str:
+    return ", ".join("-" if v is None else f"{v:.1f}" for v in values)
 
 
 def _load_run(run_dir: Path) -> dict:
@@ -184,7 +194,7 @@ def cmd_eval(args) -> None:
     fused = backdoor_adjust([r["test"]["logits"] for r in runs], weights=args.weights, mode=args.mode)
     ensemble = _report(fused, labels, d_groups)
     ensemble["p_group_by_member_prior"] = {
-        name: _as_list(_report(fused, labels, d_groups, prior_groups(run["pretrain_prior_estimate"]))["p_group"])
+        name: _report(fused, labels, d_groups, prior_groups(run["pretrain_prior_estimate"]))["p_group"]
         for name, run in zip(names, runs)}
     members = {name: _report(run["test"]["logits"], labels, d_groups, prior_groups(run["pretrain_prior_estimate"]))
                for name, run in zip(names, runs)}
@@ -196,14 +206,15 @@ def cmd_eval(args) -> None:
 
 
 def cmd_estimate_prior(args) -> None:
+    from .metrics import accuracy
     from .prior import rank_correlation
     from .train import estimate_pretrain_prior, zero_shot
 
     profile = args.profile
     prior = estimate_pretrain_prior(profile, args.model)
+    val = zero_shot(profile, args.model)["val"]
     result = dict(command="estimate-prior", profile=profile.name, model=args.model, prior=prior.tolist(),
-                  zero_shot_val_accuracy=_report(*(zero_shot(profile, args.model)["val"][k]
-                                                   for k in ("logits", "labels")), None)["overall"])
+                  zero_shot_val_accuracy=accuracy(val["logits"], val["labels"]))
     if profile.dataset == "lab":  # the lab knows the truth
         from .lab import upstream_priors
 

@@ -80,3 +80,34 @@ def backdoor_adjust(logits_per_model, weights=None, mode: str = "logits") -> tor
         else:
             fused = torch.logaddexp(fused, term, out=fused)
     return fused
+
+
+def inference_cost(models, images: torch.Tensor, transform=None, repeats: int = 3) -> list[dict]:
+    """Per model: measured wall-clock milliseconds and counted FLOPs per image of one forward pass on ``images``
+    (a batch already on the models' device; uint8 batches go through ``transform`` first, which is not timed).
+
+    FLOPs come from ``torch.utils.flop_counter`` (matrix products and convolutions; element-wise operations are
+    not counted). Backdoor adjustment over M models costs the sum of its members."""
+    import time
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = transform(images) if transform is not None else images
+    costs = []
+    for model in models:
+        model.eval()
+        # count with autograd on: the inference fast path of nn.MultiheadAttention hides its matmuls from the counter
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+        with torch.inference_mode():
+            model(x)  # warm-up
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                model(x)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            seconds = (time.perf_counter() - start) / repeats
+        costs.append(dict(ms_per_image=1e3 * seconds / len(x), flops_per_image=counter.get_total_flops() / len(x)))
+    return costs

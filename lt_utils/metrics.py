@@ -66,8 +66,9 @@ def predict(model: torch.nn.Module, dataset, device=None, batch_size: int = 256,
 
     - In-memory datasets (with a uint8 ``.images`` tensor, e.g. the lab and CIFAR sets) are sliced directly:
       each uint8 batch goes to the device and ``transform`` runs there (default: resize to the model's
-      ``image_size`` and normalise with its ``mean``/``std``, looked up on the model or its ``backbone``).  Other datasets go through a DataLoader (their own transform
-      applies; ``transform``, if given, then runs on the device batch).
+      ``image_size`` and normalise with its ``mean``/``std``, looked up on the model or its ``backbone``).
+      Other datasets go through a DataLoader (their own transform applies; ``transform``, if given, then runs
+      on the device batch).
     - Logits and features come from one pass: ``model.forward_with_features(x)`` if present, else
       ``model.features(x)`` followed by ``model.head(features)`` (a ``Classifier``); a model without ``head`` is
       called twice.
@@ -249,3 +250,16 @@ def knn_accuracy(bank_feats, bank_labels, query_feats, query_labels, k: int = 20
     """Top-1 accuracy (%) of ``knn_predict`` on labelled queries."""
     scores = knn_predict(bank_feats, bank_labels, query_feats, k=k, t=t, num_classes=num_classes)
     return accuracy(scores, query_labels)
+
+
+def report_row(report: dict, **extra) -> dict:
+    """One flat table row of an ``accuracy_report`` (floats, percent): overall, D-/P-group accuracies and the
+    Many-minus-Few gaps; ``extra`` (e.g. ``model=..., method=...``) comes first."""
+    row = dict(extra)
+    row["overall"] = float(report["overall"])
+    for prefix, key in (("D", "d_group"), ("P", "p_group")):
+        if key in report:
+            values = [float(v) for v in report[key]]
+            row.update({f"{prefix}-{g}": v for g, v in zip(("Many", "Medium", "Few"), values)})
+            row[f"{prefix}-gap"] = values[0] - values[2]
+    return row

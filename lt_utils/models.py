@@ -510,3 +510,48 @@ def save_foundation_model(path: Union[str, os.PathLike], model: FoundationModel)
         tensors.update(model.text_model.state_dict())
         meta = dict(kind="open_clip", name=model.name, arch=model.arch)
     return _atomic_save_safetensors(tensors, path, meta)
+
+
+# --- where a model looks -----------------------------------------------------------------------------------------
+def grad_cam(classifier: Classifier, images: torch.Tensor, targets=None, transform=None) -> torch.Tensor:
+    """Grad-CAM maps (N x g x g in [0, 1]) of a ViT ``classifier`` on the patch tokens that enter its last block.
+
+    The last block's own patch outputs do not reach the class token, so (as is usual for ViTs) the maps use the
+    tokens *entering* that block: weights = gradient of the target logit averaged over tokens, map = ReLU of the
+    weighted sum of channels. ``images`` are uint8 (preprocessed with the classifier's test transform unless
+    ``transform`` is given) or already normalised floats; ``targets`` default to the predicted classes."""
+    blocks = classifier.backbone.transformer.resblocks
+    device = next(classifier.parameters()).device
+    x = images.to(device)
+    if x.dtype == torch.uint8:
+        if transform is None:
+            from .data import TensorAugment  # lazy, as elsewhere
+            transform = TensorAugment(classifier.image_size, classifier.mean, classifier.std, train=False,
+                                      test_resize=classifier.image_size)
+        x = transform(x)
+    captured = {}
+
+    def keep_input(module, args):
+        captured["tokens"] = args[0]
+        args[0].retain_grad()
+
+    was_training = classifier.training
+    classifier.eval()
+    handle = blocks[-1].register_forward_pre_hook(keep_input)
+    try:
+        with torch.enable_grad():
+            x = x.float().requires_grad_(True)  # builds the graph through the frozen backbone
+            logits = classifier(x)
+            if targets is None:
+                targets = logits.argmax(1)
+            targets = torch.as_tensor(targets, device=device).long()
+            logits.gather(1, targets[:, None]).sum().backward()
+    finally:
+        handle.remove()
+        classifier.train(was_training)
+    tokens, grads = captured["tokens"][:, 1:].detach(), captured["tokens"].grad[:, 1:]  # drop the class token
+    cams = torch.relu((tokens * grads.mean(1, keepdim=True)).sum(-1))
+    side = int(round(cams.shape[1] ** 0.5))
+    cams = cams.reshape(len(cams), side, side)
+    peak = cams.flatten(1).max(1).values.clamp_min(1e-12)
+    return (cams / peak[:, None, None]).cpu()

@@ -239,3 +239,57 @@ def show_images(images, labels=None, classnames=None, nrow: int = 8, ax=None, me
             ax.text(pad + c * (w + pad) + w / 2, pad + r * (h + pad) + h - 1, text, ha="center", va="bottom",
                     fontsize="x-small", color="white", bbox=dict(facecolor="black", alpha=0.5, pad=1, linewidth=0))
     return ax
+
+
+def glue(name: str, value, display: bool = False):
+    """Make ``value`` available to the book's prose as ``{glue:text}`name```` (myst-nb); a no-op where myst-nb is
+    not installed (e.g. Colab). Returns ``value``, so a cell can glue and use a number in one line."""
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return value
+    myst_glue(name, value, display=display)
+    return value
+
+
+def plot_causal_graph(ax=None):
+    """The paper's causal graph: D -> C, C -> X, C -> Y (the backdoor path X <- C -> Y), X -> B -> Y."""
+    ax = _axes(ax, (6.5, 2.6))
+    nodes = {"D": (0.0, 1.0), "C": (1.2, 1.0), "X": (2.4, 0.0), "B": (3.6, 0.0), "Y": (4.8, 1.0)}
+    names = {"D": "parameter\nimbalance", "C": "incomplete\nsemantic factor", "X": "input", "B": "representation",
+             "Y": "label"}
+    edges = [("D", "C", "0.3"), ("C", "X", "0.3"), ("C", "Y", "#C44E52"), ("X", "B", "0.3"), ("B", "Y", "0.3")]
+    for a, b, color in edges:
+        ax.annotate("", xy=nodes[b], xytext=nodes[a],
+                    arrowprops=dict(arrowstyle="-|>", color=color, lw=1.8, shrinkA=17, shrinkB=17,
+                                    connectionstyle="arc3,rad=-0.15" if (a, b) == ("C", "Y") else "arc3"))
+    for key, (x, y) in nodes.items():
+        ax.scatter([x], [y], s=900, color="white", edgecolor="0.2", zorder=3)
+        ax.text(x, y, key, ha="center", va="center", fontsize=13, zorder=4)
+        ax.text(x, y - 0.42 if y <= 0.5 else y + 0.38, names[key], ha="center", va="center", fontsize=8)
+    ax.text(2.4, 1.45, "backdoor path X <- C -> Y (red)", ha="center", fontsize=8, color="#C44E52")
+    ax.set_xlim(-0.6, 5.4)
+    ax.set_ylim(-0.8, 1.7)
+    ax.set_axis_off()
+    return ax
+
+
+def show_cams(images, cams, axes, alpha: float = 0.5, mean=None, std=None):
+    """Overlay Grad-CAM maps (N x h x w in [0, 1], e.g. from ``lt.grad_cam``) on the images, one per axes."""
+    x = torch.as_tensor(images).detach().cpu()
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    if mean is not None and std is not None:
+        x = x * torch.as_tensor(std).view(1, -1, 1, 1) + torch.as_tensor(mean).view(1, -1, 1, 1)
+    cams = torch.as_tensor(cams).detach().cpu().float()
+    if len(cams) != len(x) or len(np.ravel(axes)) < len(x):
+        raise ValueError(f"need one map and one axes per image: {len(x)} images, {len(cams)} maps, "
+                         f"{len(np.ravel(axes))} axes.")
+    upsampled = torch.nn.functional.interpolate(cams[:, None], size=x.shape[-2:], mode="bilinear",
+                                                align_corners=False)[:, 0]
+    for ax, image, cam in zip(np.ravel(axes), x, upsampled):
+        ax.imshow(image.clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.imshow(cam.numpy(), cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="bilinear")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    return axes

@@ -169,11 +169,12 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
     (``amp=None``: on when the device is CUDA). Datasets with a uint8 ``.images`` tensor are batched by index on
     the device and passed through ``augment`` (a callable on uint8 batches, e.g. ``TensorAugment``; without it
     images are scaled to [0, 1]); other datasets go through a ``DataLoader``. Data order and augmentation are
-    seeded by ``seed`` (the global torch generator is seeded too, for dropout). With ``checkpoint_dir``, the state is saved atomically to ``checkpoint_dir/last.pt``
-    after every epoch and a later call resumes from it (``resume=True``), giving the same result as an
-    uninterrupted run. Under torchrun (an initialised process group, or ``distributed=True`` with
-    ``WORLD_SIZE`` > 1) the model is wrapped in ``DistributedDataParallel`` and each rank trains on its shard
-    of every global batch; only rank 0 writes checkpoints and shows the progress bar.
+    seeded by ``seed`` (the global torch generator is seeded too, for dropout). With ``checkpoint_dir``, the
+    state is saved atomically to ``checkpoint_dir/last.pt`` after every epoch and a later call resumes from it
+    (``resume=True``), giving the same result as an uninterrupted run. Under torchrun (an initialised process
+    group, or ``distributed=True`` with ``WORLD_SIZE`` > 1) the model is wrapped in ``DistributedDataParallel``
+    and each rank trains on its shard of every global batch (``DistributedSampler``'s split); only rank 0
+    writes checkpoints and shows the progress bar.
 
     Returns the history: per-epoch lists ``loss``, ``acc`` (training accuracy on the augmented batches),
     ``lr`` (the rate used in that epoch) and ``time_s``. A NaN/inf loss raises ``FloatingPointError``.
@@ -194,9 +195,9 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
         raise ValueError(f"The global batch {batch_size} must be divisible by the {world_size} processes.")
     rank_batch = batch_size // world_size
     micro = min(micro_batch_size or rank_batch, rank_batch)
-    if device is None and use_ddp and torch.cuda.is_available():
-        device = torch.device("cuda", torch.cuda.current_device())
     device = get_device(device)
+    if device.type == "cuda" and device.index is None:  # an explicit index: DDP's device_ids, RNG state
+        device = torch.device("cuda", torch.cuda.current_device())
     amp = (device.type == "cuda") if amp is None else (bool(amp) and device.type == "cuda")  # CPU fallback
 
     torch.manual_seed(seed + rank)  # dropout and any augmentation that uses the global generator
@@ -415,15 +416,16 @@ def fine_tune(profile=None, model_name: str | None = None, loss: str = "la", see
     epochs = profile.epochs if epochs is None else int(epochs)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}.")
-    if loss == "gla_train" and pretrain_prior is None:
+    if loss != "gla_train":
+        pretrain_prior = None  # only GLA-Train's loss uses it
+    elif pretrain_prior is None:
         pretrain_prior = estimate_pretrain_prior(profile, model_name)
     if pretrain_prior is not None:
         pretrain_prior = torch.as_tensor(pretrain_prior, dtype=torch.float32).cpu()
     key = dict(_data_key(profile), model=model_name, loss=loss, seed=int(seed), peft=peft, epochs=epochs,
                batch_size=profile.batch_size, lr=profile.lr, momentum=profile.momentum,
                weight_decay=profile.weight_decay, tau=profile.tau, amp=profile.amp,
-               pretrain_prior=None if pretrain_prior is None or loss != "gla_train"
-               else [round(p, 8) for p in pretrain_prior.tolist()])
+               pretrain_prior=None if pretrain_prior is None else [round(p, 8) for p in pretrain_prior.tolist()])
     checkpoint_dir = cache_dir() / "finetune_checkpoints" / cache_key(key)
 
     def compute():
@@ -452,7 +454,8 @@ def fine_tune(profile=None, model_name: str | None = None, loss: str = "la", see
         return dict(model=model_name, loss=loss, seed=int(seed), peft=peft, epochs=epochs, history=history,
                     trainable_state=trainable_state(model, buffers=False),
                     trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                    classnames=list(train_set.classnames), class_counts=class_counts, data_prior=data_prior.float(), pretrain_prior=pretrain_prior,
-                    train_time_s=train_time_s, **outputs)
+                    classnames=list(train_set.classnames), class_counts=class_counts,
+                    data_prior=data_prior.float(), pretrain_prior=pretrain_prior, train_time_s=train_time_s,
+                    **outputs)
 
     return cached("finetune", key, compute)

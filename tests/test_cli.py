@@ -1,5 +1,6 @@
 """python -m lt_utils: the two-stage recipe end to end on a tiny lab, stage 2 against an independent computation,
 and bad input answered with a usage message (exit 2), never a traceback."""
+import importlib
 import json
 import os
 import subprocess
@@ -16,6 +17,8 @@ from lt_utils.data import TensorAugment
 from lt_utils.metrics import predict
 from lt_utils.models import build_classifier, load_checkpoint, load_foundation_model
 
+train_module = importlib.import_module("lt_utils.train")  # the module (``lt_utils.train`` is the function)
+
 
 @pytest.fixture
 def tiny_lab(tmp_path, monkeypatch):
@@ -31,7 +34,7 @@ def tiny_lab(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_two_stage_recipe_on_a_tiny_lab(tiny_lab, capsys):
+def test_two_stage_recipe_on_a_tiny_lab(tiny_lab, capsys, monkeypatch):
     runs = []
     for model in ("lab-clip", "lab-metaclip"):
         out = tiny_lab / "runs" / model
@@ -56,6 +59,12 @@ def test_two_stage_recipe_on_a_tiny_lab(tiny_lab, capsys):
         torch.testing.assert_close(again["logits"], test["logits"], atol=1e-4, rtol=1e-4)
         runs.append(out)
     assert "test accuracy" in capsys.readouterr().out
+
+    # a chapter's fine_tune call with the same settings loads stage 1's result: no second training
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("fine_tune trained again"))
+    result = lt.fine_tune(lt.profile("lab"), "lab-clip", loss="la", seed=3, epochs=1)
+    stored = torch.load(runs[0] / "logits.pt", weights_only=True)
+    assert torch.equal(result["test"]["logits"], stored["test"]["logits"]) and result["epochs"] == 1
 
     assert main(["eval", "--runs", *map(str, runs), "--mode", "probs", "--out", str(tiny_lab / "ens.json")]) == 0
     report = json.loads((tiny_lab / "ens.json").read_text())

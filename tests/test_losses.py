@@ -66,7 +66,8 @@ def test_gla_train_matches_reference(batch):
 
 def test_adjusted_loss_differs_from_ce(batch):
     logits, targets, counts = batch
-    assert abs(lt.logit_adjusted_loss(logits, targets, counts).item() - lt.cross_entropy_loss(logits, targets).item()) > 1e-3
+    adjusted = lt.logit_adjusted_loss(logits, targets, counts).item()
+    assert abs(adjusted - lt.cross_entropy_loss(logits, targets).item()) > 1e-3
 
 
 @pytest.mark.parametrize("name", ["ce", "la", "bs", "gla_train"])
@@ -160,3 +161,13 @@ def test_amp_safe_float32(batch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = lt.make_loss("gla_train", data_prior=counts, pretrain_prior=[1, 2, 3, 4, 5])(logits.bfloat16(), targets)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+@pytest.mark.gpu
+def test_losses_on_cuda_under_autocast(batch):
+    logits, targets, counts = batch
+    loss_fn = lt.make_loss("gla_train", data_prior=counts, pretrain_prior=[1, 2, 3, 4, 5])
+    with torch.autocast("cuda"):
+        loss = loss_fn(logits.cuda().half(), targets.cuda())
+    assert loss.dtype == torch.float32 and loss.is_cuda
+    assert loss.item() == pytest.approx(loss_fn(logits.half().float(), targets).item(), rel=1e-5)

@@ -158,7 +158,8 @@ def test_group_accuracy_and_matrix():
     acc = lt.group_accuracy(per_class, torch.tensor([0, 0, 0, 1, 1, 1]))
     assert math.isnan(acc[2])  # empty group
     matrix, counts = lt.group_matrix(per_class, d_groups, p_groups, return_counts=True)
-    expected = torch.tensor([[100.0, 50.0, float("nan")], [0.0, 30.0, float("nan")], [80.0, float("nan"), float("nan")]])
+    nan = float("nan")
+    expected = torch.tensor([[100.0, 50.0, nan], [0.0, 30.0, nan], [80.0, nan, nan]])
     torch.testing.assert_close(matrix, expected, equal_nan=True)
     assert counts.tolist() == [[1, 1, 0], [1, 1, 0], [2, 0, 0]]
     with pytest.raises(ValueError, match="one group index per class"):
@@ -221,3 +222,16 @@ def test_knn_errors():
         lt.knn_predict(bank[:0], labels[:0], torch.randn(3, 4))
     with pytest.raises(ValueError, match="k >= 1"):
         lt.knn_predict(bank, labels, torch.randn(3, 4), k=0)
+
+
+@pytest.mark.gpu
+def test_predict_and_knn_on_cuda_match_cpu():
+    model, data = OnePass(), InMemory(n=20)
+    cpu = lt.predict(model, data, batch_size=8, transform=to_float, progress=False, device="cpu")
+    gpu = lt.predict(model, data, batch_size=8, transform=to_float, progress=False, device="cuda")  # autocast
+    assert gpu["logits"].device.type == "cpu" and gpu["logits"].dtype == torch.float32
+    torch.testing.assert_close(gpu["logits"], cpu["logits"], rtol=2e-2, atol=2e-2)
+    bank, labels = torch.randn(50, 8), torch.randint(0, 3, (50,))
+    query = torch.randn(9, 8)
+    torch.testing.assert_close(lt.knn_predict(bank.cuda(), labels, query, k=5),
+                               lt.knn_predict(bank, labels, query, k=5), rtol=1e-3, atol=1e-3)

@@ -49,7 +49,8 @@ def test_group_bars_means_and_error_bars():
     errorbars = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
     assert len(errorbars) == 1  # only the 2-D (seeds) entry has a spread
     segments = errorbars[0].lines[2][0].get_segments()
-    np.testing.assert_allclose([s[1, 1] - s[0, 1] for s in segments], 2 * np.std([[70, 60, 40], [72, 62, 44]], 0, ddof=1))
+    spread = np.std([[70, 60, 40], [72, 62, 44]], axis=0, ddof=1)
+    np.testing.assert_allclose([s[1, 1] - s[0, 1] for s in segments], 2 * spread)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Many", "Medium", "Few"]
     with pytest.raises(ValueError, match="3 values"):
         lt.plot_group_bars({"x": [1, 2]})
@@ -102,13 +103,15 @@ def test_show_images_grid_upscaled_and_captioned():
     grid = img.get_array()
     scale = 4  # 16 px -> 64 px cells, nearest neighbour
     assert grid.shape == (3 * (16 * scale + 2) + 2, 4 * (16 * scale + 2) + 2, 3)
-    np.testing.assert_allclose(grid[2:2 + scale, 2:2 + scale], np.broadcast_to(images[0, :, 0, 0].numpy() / 255, (scale, scale, 3)), rtol=1e-6)
+    first_pixel = np.broadcast_to(images[0, :, 0, 0].numpy() / 255, (scale, scale, 3))
+    np.testing.assert_allclose(grid[2:2 + scale, 2:2 + scale], first_pixel, rtol=1e-6)
     assert img.get_interpolation() == "nearest"
     assert [t.get_text() for t in ax.texts] == [f"c{i}" for i in range(10)]
     # normalised float images are un-normalised with mean/std
     x = (images[:2].float() / 255 - 0.5) / 0.25
     ax = lt.show_images(x, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), min_cell=16)
-    np.testing.assert_allclose(ax.images[0].get_array()[2:18, 2:18], images[0].permute(1, 2, 0).numpy() / 255, atol=1e-6)
+    np.testing.assert_allclose(ax.images[0].get_array()[2:18, 2:18], images[0].permute(1, 2, 0).numpy() / 255,
+                               atol=1e-6)
     ax = lt.show_images(torch.rand(3, 8, 8))  # grayscale N x H x W
     assert ax.images[0].get_array().shape[-1] == 3
     with pytest.raises(ValueError, match="N x C x H x W"):
