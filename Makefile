@@ -22,7 +22,9 @@ JB_FLAGS ?= -W --keep-going
 # Everything run by make sees these; override one on the command line, e.g. `make book LT_PROFILE=clip`.
 export LT_PROFILE := lab
 export LT_CACHE_DIR := $(CURDIR)/.lt_cache
-export MPLBACKEND := Agg
+# Notebooks keep their inline backend (MPLBACKEND=Agg would drop every figure); progress bars are off in the
+# executed book (TQDM_DISABLE), on in Jupyter and Colab.
+export TQDM_DISABLE := 1
 export PYTHONHASHSEED := 0
 
 # The install stamp is keyed on the content of pyproject.toml: changing the dependencies reinstalls, nothing

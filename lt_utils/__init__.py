@@ -24,7 +24,7 @@ from .backdoor import BACKDOOR_MODES, backdoor_adjust, inference_cost
 from .plots import (GROUP_COLORS, plot_group_bars, plot_group_matrix, plot_long_tail, plot_per_class_vs_prior,
                     plot_prior_scatter, set_style, show_images, glue, plot_causal_graph, show_cams)
 # --- train & cli
-from .train import (epoch_indices, estimate_pretrain_prior, fine_tune, init_distributed, train, train_step,
-                    trainable_state, zero_shot)
+from .train import (epoch_indices, estimate_pretrain_prior, fine_tune, headline_comparison, init_distributed,
+                    load_fine_tuned, test_transform, train, train_step, trainable_state, zero_shot)
 
 __version__ = "0.1.0"

@@ -470,7 +470,7 @@ def _shift_flip(images: torch.Tensor, max_shift: int, gen: torch.Generator) -> t
 
 def _train_model(model_name: str, seed: int, config: dict, device=None, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
-    from .profiles import get_device
+    from .profiles import get_device, hide_progress
     torch.set_flush_denormal(True)
     device = get_device(device)
     corpus = upstream_corpus(model_name, seed, config["corpus_size"])
@@ -490,7 +490,7 @@ def _train_model(model_name: str, seed: int, config: dict, device=None, progress
     images, targets = corpus.images, corpus.targets
     scale = config["logit_scale"]
     visual.train()
-    bar = tqdm(total=steps, desc=f"pre-train {model_name}", disable=not progress, leave=False)
+    bar = tqdm(total=steps, desc=f"pre-train {model_name}", disable=hide_progress(progress), leave=False)
     for _ in range(config["epochs"]):
         perm = torch.randperm(n, generator=gen)
         for start in range(0, n, bs):

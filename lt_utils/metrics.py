@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .profiles import hide_progress
+
 
 # ----------------------------------------------------------------------------------------------- forward pass
 def _model_device(model: torch.nn.Module) -> torch.device:
@@ -100,7 +102,7 @@ def predict(model: torch.nn.Module, dataset, device=None, batch_size: int = 256,
     all_logits, all_features, all_labels = [], [], []
     try:
         with torch.inference_mode(), autocast:
-            for x, y in tqdm(batches, total=num_batches, desc="predict", disable=not progress, leave=False):
+            for x, y in tqdm(batches, total=num_batches, desc="predict", disable=hide_progress(progress), leave=False):
                 x = x.to(device, non_blocking=True)
                 if transform is not None:
                     x = transform(x)

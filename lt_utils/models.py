@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .peft import apply_peft
-from .profiles import get_device
+from .profiles import get_device, hide_progress
 
 LAB_ARCH = "lab-vit"
 LAB_MODEL_NAMES = ("lab-clip", "lab-openclip", "lab-metaclip", "lab-clip-s1", "lab-clip-s2")
@@ -289,7 +289,7 @@ class FoundationModel(nn.Module):
         texts = [p(c.replace("_", " ")) for c in classnames for p in prompts]
         feats = []
         with torch.no_grad():
-            for start in tqdm(range(0, len(texts), 256), desc="text features", disable=len(texts) <= 1024):
+            for start in tqdm(range(0, len(texts), 256), desc="text features", disable=hide_progress(len(texts) > 1024)):
                 tokens = self.tokenizer(texts[start:start + 256]).to(self.proj.device)
                 feats.append(self.text_model.encode_text(tokens, normalize=True).float())
         feats = torch.cat(feats).view(len(classnames), len(prompts), -1)

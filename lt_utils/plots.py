@@ -107,9 +107,11 @@ def plot_group_bars(results: dict, group_names=_GROUP_NAMES, ax=None, ylabel: st
 
 def plot_group_matrix(matrix, ax=None, title: str | None = None, row_label: str = "D-group",
                       col_label: str = "P-group", vmin=None, vmax=None, annotate: bool = True, counts=None,
-                      group_names=_GROUP_NAMES, cmap: str = "viridis", fmt: str = ".1f"):
+                      group_names=_GROUP_NAMES, cmap: str = "viridis", fmt: str = ".1f", center=None,
+                      colorbar_label: str = "accuracy (%)"):
     """The 3x3 (D-group x P-group) accuracy heatmap with the numbers written in the cells; NaN cells (no class)
-    are left blank.  ``counts`` (same shape) adds the number of classes per cell to each label."""
+    are left blank.  ``counts`` (same shape) adds the number of classes per cell to each label; ``center`` (e.g. 0
+    with a diverging ``cmap``) suits a matrix of differences."""
     ax = _axes(ax, (4.5, 3.8))
     values = _numpy(matrix)
     if values.ndim != 2:
@@ -126,7 +128,8 @@ def plot_group_matrix(matrix, ax=None, title: str | None = None, row_label: str 
     rows = [f"{row_label[0]}-{g}" for g in group_names][:values.shape[0]]
     cols = [f"{col_label[0]}-{g}" for g in group_names][:values.shape[1]]
     sns.heatmap(values, ax=ax, annot=annot, fmt="", cmap=cmap, vmin=vmin, vmax=vmax, mask=np.isnan(values),
-                xticklabels=cols, yticklabels=rows, cbar_kws={"label": "accuracy (%)"}, linewidths=0.5)
+                center=center, xticklabels=cols, yticklabels=rows, cbar_kws={"label": colorbar_label},
+                linewidths=0.5)
     ax.set_xlabel(col_label)
     ax.set_ylabel(row_label)
     ax.tick_params(axis="y", rotation=0)

@@ -106,3 +106,9 @@ def profile(name: str | None = None) -> Profile:
             device=torch.device("cuda"), amp=True, num_workers=min(os.cpu_count() or 2, 8),
         )
     raise ValueError(f"Unknown profile {name!r}: choose one of {PROFILE_NAMES} (set LT_PROFILE or pass name=).")
+
+
+def hide_progress(progress: bool = True) -> bool:
+    """Whether a progress bar must stay hidden: asked so (``progress=False``) or ``TQDM_DISABLE`` is set (the
+    built book sets it; tqdm honours it only when ``disable`` is not passed explicitly)."""
+    return not progress or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")

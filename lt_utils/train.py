@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .cache import atomic_torch_save, cache_dir, cache_key, cached, safe_torch_load
-from .profiles import Profile, get_device
+from .profiles import Profile, get_device, hide_progress
 from .profiles import profile as get_profile
 
 LOG_EVERY = 25  # steps between host syncs for the progress bar (and the NaN check)
@@ -247,7 +247,7 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
 
     steps = _num_steps(len(train_set), batch_size, world_size)
     bar = tqdm(total=epochs * steps, initial=start_epoch * steps, desc="train", unit="step",
-               disable=not progress or rank != 0, dynamic_ncols=True)
+               disable=hide_progress(progress) or rank != 0, dynamic_ncols=True)
     for epoch in range(start_epoch, epochs):
         net.train()
         start_time, seen = time.perf_counter(), 0
@@ -459,3 +459,78 @@ def fine_tune(profile=None, model_name: str | None = None, loss: str = "la", see
                     **outputs)
 
     return cached("finetune", key, compute)
+
+
+def load_fine_tuned(profile=None, model_name: str | None = None, loss: str = "la", seed: int = 0,
+                    peft: str | None = None, epochs: int | None = None, pretrain_prior=None) -> nn.Module:
+    """The classifier of a ``fine_tune`` run, rebuilt and loaded with its trained weights (fine-tuned first when
+    it is not cached yet), in eval mode on the profile's device: for analyses that need the model itself
+    (Grad-CAM, timing), not just its cached outputs."""
+    from .models import build_classifier, load_foundation_model
+
+    profile = _resolve_profile(profile)
+    run = fine_tune(profile, model_name, loss=loss, seed=seed, peft=peft, epochs=epochs,
+                    pretrain_prior=pretrain_prior, progress=False)
+    fm = load_foundation_model(model_name, device=profile.device)
+    model = build_classifier(fm, run["classnames"], peft=run["peft"], copy=False)
+    _load_trainable_state(model, run["trainable_state"], Path(f"the cached {loss} run of {model_name}"))
+    return model.to(profile.device).eval()
+
+
+def test_transform(profile, model) -> "TensorAugment":
+    """The batched test-time preprocessing (uint8 -> normalised float, on the batch's device) that ``fine_tune``
+    and ``zero_shot`` use for ``model`` (a foundation model or classifier) under ``profile``."""
+    return _tensor_transform(_resolve_profile(profile), model, train=False)
+
+
+def headline_comparison(profile=None, seeds=None) -> "pandas.DataFrame":
+    """The book's headline comparison over fine-tuning seeds (chapter 5 and the results page), from cached runs.
+
+    For each seed: CE, LA, GLA-Train and LA + post-hoc ``-log P^_P`` on the profile's first model; the best single
+    LA model (chosen on val); the same-backbone control (LA, ``profile.control_models``, fused by logit sum);
+    backdoor adjustment (LA, ``profile.models``, logit sum); and, for reference, the first model's zero-shot.
+    P-groups come from the estimated pre-training prior of the method's member models (their mean for an
+    ensemble) and, in the lab, also from the true prior. Returns one row per (seed, method, P-groups source) with
+    ``lt.report_row``'s columns (percent)."""
+    import pandas as pd
+
+    from .backdoor import backdoor_adjust
+    from .data import data_groups, prior_groups
+    from .metrics import accuracy, accuracy_report, report_row
+
+    profile = _resolve_profile(profile)
+    seeds = profile.seeds if seeds is None else tuple(seeds)
+    main = profile.models[0]
+    same_backbone = len(set(profile.control_models)) == 1  # e.g. clip: one backbone, fine-tuning seeds differ
+    est_prior = {m: estimate_pretrain_prior(profile, m) for m in dict.fromkeys(profile.models + profile.control_models)}
+    priors = {"estimated": est_prior}
+    if profile.dataset == "lab":
+        from .lab import upstream_priors
+
+        priors["true"] = upstream_priors()
+    rows = []
+    for seed in seeds:
+        la = {m: fine_tune(profile, m, loss="la", seed=seed, progress=False) for m in profile.models}
+        ce = fine_tune(profile, main, loss="ce", seed=seed, progress=False)
+        gla = fine_tune(profile, main, loss="gla_train", seed=seed, pretrain_prior=est_prior[main], progress=False)
+        control = [fine_tune(profile, m, loss="la", seed=seed + i if same_backbone else seed, progress=False)
+                   for i, m in enumerate(profile.control_models)]
+        best = max(profile.models, key=lambda m: accuracy(la[m]["val"]["logits"], la[m]["val"]["labels"]))
+        methods = {  # name -> (test logits, the models whose prior defines the P-groups)
+            f"zero-shot ({main})": (zero_shot(profile, main, progress=False)["test"]["logits"], [main]),
+            f"CE ({main})": (ce["test"]["logits"], [main]),
+            f"LA ({main})": (la[main]["test"]["logits"], [main]),
+            f"GLA-Train ({main})": (gla["test"]["logits"], [main]),
+            f"LA + post-hoc ({main})": (la[main]["test"]["logits"] - est_prior[main].clamp_min(1e-12).log(), [main]),
+            "LA, best single (by val)": (la[best]["test"]["logits"], [best]),
+            "same backbone x3": (backdoor_adjust([r["test"]["logits"] for r in control]), list(profile.control_models)),
+            "backdoor x3": (backdoor_adjust([la[m]["test"]["logits"] for m in profile.models]), list(profile.models)),
+        }
+        labels = la[main]["test"]["labels"]
+        d_groups = data_groups(la[main]["class_counts"])
+        for method, (logits, members) in methods.items():
+            for source, prior in priors.items():
+                p_groups = prior_groups(torch.stack([prior[m] for m in members]).mean(0))
+                report = accuracy_report(logits, labels, d_groups=d_groups, p_groups=p_groups)
+                rows.append(report_row(report, seed=seed, method=method, **{"P-groups from": source}))
+    return pd.DataFrame(rows)
