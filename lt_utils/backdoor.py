@@ -82,32 +82,38 @@ def backdoor_adjust(logits_per_model, weights=None, mode: str = "logits") -> tor
     return fused
 
 
-def inference_cost(models, images: torch.Tensor, transform=None, repeats: int = 3) -> list[dict]:
-    """Per model: measured wall-clock milliseconds and counted FLOPs per image of one forward pass on ``images``
-    (a batch already on the models' device; uint8 batches go through ``transform`` first, which is not timed).
+def inference_cost(models, images: torch.Tensor, transform=None, repeats: int = 10) -> list[dict]:
+    """Per model: wall-clock milliseconds (median of ``repeats`` timed passes, after a warm-up of every model) and
+    counted FLOPs per image of one forward pass on ``images`` (a batch already on the models' device; uint8
+    batches go through ``transform`` first, which is not timed).
 
     FLOPs come from ``torch.utils.flop_counter`` (matrix products and convolutions; element-wise operations are
     not counted). Backdoor adjustment over M models costs the sum of its members."""
+    import statistics
     import time
 
     from torch.utils.flop_counter import FlopCounterMode
 
     x = transform(images) if transform is not None else images
-    costs = []
+    flops = []
     for model in models:
         model.eval()
         # count with autograd on: the inference fast path of nn.MultiheadAttention hides its matmuls from the counter
         with FlopCounterMode(display=False) as counter:
             model(x)
-        with torch.inference_mode():
-            model(x)  # warm-up
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(repeats):
-                model(x)
-            if x.is_cuda:
-                torch.cuda.synchronize()
-            seconds = (time.perf_counter() - start) / repeats
-        costs.append(dict(ms_per_image=1e3 * seconds / len(x), flops_per_image=counter.get_total_flops() / len(x)))
-    return costs
+        flops.append(counter.get_total_flops() / len(x))
+
+    def timed(model) -> float:
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model(x)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    with torch.inference_mode():
+        for model in models:  # warm up every model before timing any (first calls pay one-off set-up costs)
+            timed(model)
+        seconds = [statistics.median(timed(model) for _ in range(repeats)) for model in models]
+    return [dict(ms_per_image=1e3 * s / len(x), flops_per_image=f) for s, f in zip(seconds, flops)]

@@ -533,7 +533,6 @@ def grad_cam(classifier: Classifier, images: torch.Tensor, targets=None, transfo
 
     def keep_input(module, args):
         captured["tokens"] = args[0]
-        args[0].retain_grad()
 
     was_training = classifier.training
     classifier.eval()
@@ -545,11 +544,13 @@ def grad_cam(classifier: Classifier, images: torch.Tensor, targets=None, transfo
             if targets is None:
                 targets = logits.argmax(1)
             targets = torch.as_tensor(targets, device=device).long()
-            logits.gather(1, targets[:, None]).sum().backward()
+            score = logits.gather(1, targets[:, None]).sum()
+            # autograd.grad, not backward(): the classifier's trainable parameters get no stray .grad
+            grads = torch.autograd.grad(score, captured["tokens"])[0]
     finally:
         handle.remove()
         classifier.train(was_training)
-    tokens, grads = captured["tokens"][:, 1:].detach(), captured["tokens"].grad[:, 1:]  # drop the class token
+    tokens, grads = captured["tokens"][:, 1:].detach(), grads[:, 1:]  # drop the class token
     cams = torch.relu((tokens * grads.mean(1, keepdim=True)).sum(-1))
     side = int(round(cams.shape[1] ** 0.5))
     cams = cams.reshape(len(cams), side, side)

@@ -270,7 +270,7 @@ def plot_causal_graph(ax=None):
         ax.scatter([x], [y], s=900, color="white", edgecolor="0.2", zorder=3)
         ax.text(x, y, key, ha="center", va="center", fontsize=13, zorder=4)
         ax.text(x, y - 0.42 if y <= 0.5 else y + 0.38, names[key], ha="center", va="center", fontsize=8)
-    ax.text(2.4, 1.45, "backdoor path X <- C -> Y (red)", ha="center", fontsize=8, color="#C44E52")
+    ax.text(3.3, 0.72, "backdoor path\nX <- C -> Y (red)", ha="center", fontsize=8, color="#C44E52")
     ax.set_xlim(-0.6, 5.4)
     ax.set_ylim(-0.8, 1.7)
     ax.set_axis_off()

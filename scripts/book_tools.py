@@ -51,9 +51,8 @@ def install_spec(config: dict) -> str:
     return f"lt_utils @ git+https://github.com/{slug}@{branch}"
 
 
-def toc_files(root: Path = ROOT) -> list[Path]:
-    """Every file of _toc.yml (root first, then in order), resolved to an existing .md or .ipynb path."""
-    toc = yaml.safe_load((root / "_toc.yml").read_text())
+def toc_entries(toc: dict) -> list[str]:
+    """The file entries of a parsed _toc.yml, root first, then in reading order (without extensions)."""
     entries = [toc["root"]]
 
     def walk(items):
@@ -65,8 +64,13 @@ def toc_files(root: Path = ROOT) -> list[Path]:
     for part in toc.get("parts", []):
         walk(part.get("chapters"))
     walk(toc.get("chapters"))
+    return entries
+
+
+def toc_files(root: Path = ROOT) -> list[Path]:
+    """Every file of _toc.yml (root first, then in order), resolved to an existing .md or .ipynb path."""
     paths = []
-    for entry in entries:
+    for entry in toc_entries(yaml.safe_load((root / "_toc.yml").read_text())):
         candidates = [root / f"{entry}{ext}" for ext in (".ipynb", ".md")] + [root / entry]
         found = next((p for p in candidates if p.is_file()), None)
         if found is None:

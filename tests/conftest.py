@@ -4,6 +4,8 @@ import os
 import pytest
 import torch
 
+import lt_utils.lab as lab
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
@@ -24,6 +26,15 @@ def tmp_cache(tmp_path, monkeypatch):
     return folder
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test at one torch thread (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked `gpu` when no CUDA device is visible."""
     if torch.cuda.is_available():
@@ -32,3 +43,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_lab(tmp_path, monkeypatch):
+    """The lab world and its pre-training shrunk (same code, fewer images), cached in a fresh folder."""
+    monkeypatch.setenv("LT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LT_PROFILE", "lab")
+    monkeypatch.setattr(lab, "DOWNSTREAM_N_MAX", 20)  # 20 .. 2 images per class, about 750 in all
+    monkeypatch.setattr(lab, "DOWNSTREAM_IR", 10)
+    monkeypatch.setattr(lab, "VAL_PER_CLASS", 2)
+    monkeypatch.setattr(lab, "TEST_PER_CLASS", 2)
+    monkeypatch.setitem(lab.PRETRAIN_CONFIG, "corpus_size", 512)
+    monkeypatch.setitem(lab.PRETRAIN_CONFIG, "epochs", 1)
+    return tmp_path

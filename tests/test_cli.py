@@ -20,20 +20,6 @@ from lt_utils.models import build_classifier, load_checkpoint, load_foundation_m
 train_module = importlib.import_module("lt_utils.train")  # the module (``lt_utils.train`` is the function)
 
 
-@pytest.fixture
-def tiny_lab(tmp_path, monkeypatch):
-    """The lab world and its pre-training shrunk (same code, fewer images), cached in a fresh folder."""
-    monkeypatch.setenv("LT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("LT_PROFILE", "lab")
-    monkeypatch.setattr(lab, "DOWNSTREAM_N_MAX", 20)  # 20 .. 2 images per class, about 750 in all
-    monkeypatch.setattr(lab, "DOWNSTREAM_IR", 10)
-    monkeypatch.setattr(lab, "VAL_PER_CLASS", 2)
-    monkeypatch.setattr(lab, "TEST_PER_CLASS", 2)
-    monkeypatch.setitem(lab.PRETRAIN_CONFIG, "corpus_size", 512)
-    monkeypatch.setitem(lab.PRETRAIN_CONFIG, "epochs", 1)
-    return tmp_path
-
-
 def test_two_stage_recipe_on_a_tiny_lab(tiny_lab, capsys, monkeypatch):
     runs = []
     for model in ("lab-clip", "lab-metaclip"):

@@ -22,21 +22,6 @@ BADGE = re.compile(r"\[!\[Open In Colab\]\((?P<image>[^)]+)\)\]\((?P<link>[^)]+)
 CITE = re.compile(r"\{cite(?::\w+)?\}`([^`]+)`")
 
 
-def _toc_entries(toc):
-    entries = [toc["root"]]
-
-    def walk(items):
-        for item in items or []:
-            if "file" in item:
-                entries.append(item["file"])
-            walk(item.get("sections"))
-
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    walk(toc.get("chapters"))
-    return entries
-
-
 def _cells(path):
     return nbformat.read(path, as_version=4).cells
 
@@ -68,7 +53,7 @@ def _config_cell_index(cells):
 
 
 def test_every_toc_file_exists_and_lives_in_book():
-    entries = _toc_entries(TOC)
+    entries = book_tools.toc_entries(TOC)
     assert entries[0] == "book/intro"
     for entry in entries:
         assert entry.startswith("book/"), entry
@@ -77,7 +62,7 @@ def test_every_toc_file_exists_and_lives_in_book():
 
 
 def test_every_page_in_book_is_in_the_toc():
-    listed = {(ROOT / e).with_suffix("") for e in _toc_entries(TOC)}
+    listed = {(ROOT / e).with_suffix("") for e in book_tools.toc_entries(TOC)}
     pages = [p for p in (ROOT / "book").glob("*") if p.suffix in (".ipynb", ".md") and not p.name.startswith("_")]
     orphans = [p.name for p in pages if p.with_suffix("") not in listed]
     assert not orphans, f"pages missing from _toc.yml (they would be neither built nor tested): {orphans}"

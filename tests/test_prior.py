@@ -5,13 +5,8 @@ import torch.nn.functional as F
 import lt_utils as lt
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP contention on a shared 2-core machine (correctness tests only)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny tensors: one thread avoids OpenMP contention on a shared 2-core machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted(num_classes=50, per_class=20, evidence=3.0, noise=1.0, ratio=100.0, seed=0):
