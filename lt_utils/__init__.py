@@ -20,7 +20,7 @@ from .losses import (LOSS_NAMES, PRIOR_EPS, AdjustedLoss, balanced_softmax_loss,
 from .prior import calibrate_temperature, estimate_prior, prior_optimality_gap, rank_correlation
 from .metrics import (accuracy, accuracy_report, group_accuracy, group_matrix, knn_accuracy, knn_predict, report_row,
                       per_class_accuracy, predict)
-from .backdoor import BACKDOOR_MODES, backdoor_adjust, inference_cost
+from .backdoor import BACKDOOR_MODES, backdoor_adjust, count_flops, inference_cost
 from .plots import (GROUP_COLORS, plot_group_bars, plot_group_matrix, plot_long_tail, plot_per_class_vs_prior,
                     plot_prior_scatter, set_style, show_images, glue, plot_causal_graph, show_cams)
 # --- train & cli

@@ -82,26 +82,29 @@ def backdoor_adjust(logits_per_model, weights=None, mode: str = "logits") -> tor
     return fused
 
 
+def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward pass of ``model`` on ``x`` (a multiply-add counts 2), from ``torch.utils.flop_counter``
+    (matrix products and convolutions; element-wise operations are not counted). Works on the ``meta`` device, so
+    a ViT-B/16 can be counted without weights or compute."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # counted with autograd on: the inference fast path of nn.MultiheadAttention hides its matmuls from the counter
+    with FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops()
+
+
 def inference_cost(models, images: torch.Tensor, transform=None, repeats: int = 10) -> list[dict]:
     """Per model: wall-clock milliseconds (median of ``repeats`` timed passes, after a warm-up of every model) and
     counted FLOPs per image of one forward pass on ``images`` (a batch already on the models' device; uint8
     batches go through ``transform`` first, which is not timed).
 
-    FLOPs come from ``torch.utils.flop_counter`` (matrix products and convolutions; element-wise operations are
-    not counted). Backdoor adjustment over M models costs the sum of its members."""
+    FLOPs as ``count_flops``. Backdoor adjustment over M models costs the sum of its members."""
     import statistics
     import time
 
-    from torch.utils.flop_counter import FlopCounterMode
-
     x = transform(images) if transform is not None else images
-    flops = []
-    for model in models:
-        model.eval()
-        # count with autograd on: the inference fast path of nn.MultiheadAttention hides its matmuls from the counter
-        with FlopCounterMode(display=False) as counter:
-            model(x)
-        flops.append(counter.get_total_flops() / len(x))
+    flops = [count_flops(model.eval(), x) / len(x) for model in models]
 
     def timed(model) -> float:
         if x.is_cuda:

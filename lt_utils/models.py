@@ -52,10 +52,15 @@ _FILE_KEY = "lt_utils"  # the safetensors metadata entry holding our JSON
 
 
 # --- the zoo -----------------------------------------------------------------------------------------------------
-def register_foundation_model(name: str, arch: str, tag: Optional[str] = None) -> None:
+_LOCAL_WEIGHTS: dict = {}  # name -> local weights file given at registration (used when pretrained=None)
+
+
+def register_foundation_model(name: str, arch: str, tag: Optional[str] = None,
+                              weights: Union[str, os.PathLike, None] = None) -> None:
     """Add ``name -> (arch, tag)`` to ``FOUNDATION_MODELS``: ``arch`` an open_clip architecture (register your
     own config first with ``open_clip.add_model_config``) or ``"lab-vit"``; ``tag`` an open_clip pretrained tag,
-    or ``None`` when the weights always come from ``load_foundation_model(name, pretrained=<file>)``."""
+    or ``None`` when the weights come from a local file: ``weights=<file>`` here (then every ``fine_tune`` /
+    ``zero_shot`` call finds them, e.g. weights copied to a Drive folder) or ``pretrained=<file>`` per call."""
     if name in _BUILTIN_MODELS and _BUILTIN_MODELS[name] != (arch, tag):
         raise ValueError(f"{name!r} is a built-in foundation model ({_BUILTIN_MODELS[name]}); pick another name.")
     if arch != LAB_ARCH and arch not in open_clip.list_models():
@@ -64,6 +69,10 @@ def register_foundation_model(name: str, arch: str, tag: Optional[str] = None) -
             "first, or use one of open_clip.list_models()."
         )
     FOUNDATION_MODELS[name] = (arch, tag)
+    if weights is not None:
+        _LOCAL_WEIGHTS[name] = Path(weights).expanduser()
+    else:
+        _LOCAL_WEIGHTS.pop(name, None)
 
 
 def _force_quick_gelu(arch: str, tag: Optional[str]) -> bool:
@@ -94,6 +103,8 @@ def load_foundation_model(name: str, pretrained: Union[str, os.PathLike, None] =
     if name not in FOUNDATION_MODELS:
         raise ValueError(f"Unknown foundation model {name!r}; choose one of {', '.join(FOUNDATION_MODELS)}.")
     arch, tag = FOUNDATION_MODELS[name]
+    if pretrained is None:
+        pretrained = _LOCAL_WEIGHTS.get(name)
     if pretrained is not None:
         pretrained = Path(pretrained).expanduser()
         if not pretrained.is_file():

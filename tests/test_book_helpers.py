@@ -44,6 +44,9 @@ def test_inference_cost_counts_the_flops_of_a_linear_model_exactly():
     cost = lt.inference_cost(models, torch.randn(16, 32), repeats=3)
     assert [c["flops_per_image"] for c in cost] == [2 * 32 * 10, 2 * (32 * 64 + 64 * 10)]
     assert all(c["ms_per_image"] > 0 for c in cost)
+    with torch.device("meta"):  # counting needs no weights: the meta device holds shapes only
+        big = nn.Linear(1000, 1000)
+    assert lt.count_flops(big, torch.empty(4, 1000, device="meta")) == 4 * 2 * 1000 * 1000
 
 
 def test_hide_progress_follows_the_argument_and_tqdm_disable(monkeypatch):
