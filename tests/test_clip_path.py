@@ -36,7 +36,10 @@ def clip_world(tmp_path_factory):
         torch.manual_seed(seed)
         torch.save(open_clip.create_model("lt-clip-path-test").state_dict(), root / f"{name}.pt")
         lt.register_foundation_model(name, "lt-clip-path-test", weights=root / f"{name}.pt")
-    return root
+    yield root
+    for name in ("tiny-clip", "tiny-openclip"):  # leave the zoo as other tests expect it
+        lt.FOUNDATION_MODELS.pop(name)
+        lt.models._LOCAL_WEIGHTS.pop(name)
 
 
 def test_fine_tune_zero_shot_and_fusion_run_on_the_clip_path(clip_world, tmp_path, monkeypatch):
