@@ -6,24 +6,11 @@ Prints one row per (size, M, mode): the median wall time over ``--repeats`` runs
 logit entries per second (M x N x C / time).  The logits are random stand-ins for cached model outputs.
 """
 import argparse
-import time
 
 import torch
 
 import lt_utils as lt
-
-
-def median_time(fn, repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+from timing import median_time  # benchmarks/timing.py (the script's own folder is on sys.path)
 
 
 def main() -> None:

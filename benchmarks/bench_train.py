@@ -13,7 +13,6 @@ whole call (``lt.train`` includes its set-up), best of ``--repeats`` runs in alt
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 from open_clip.transformer import VisionTransformer
@@ -24,6 +23,7 @@ from lt_utils.losses import make_loss
 from lt_utils.models import FoundationModel, build_classifier
 from lt_utils.profiles import setup_cpu
 from lt_utils.train import train
+from timing import timed  # benchmarks/timing.py (the script's own folder is on sys.path)
 
 NUM_CLASSES, BATCH = 100, 128
 VIT_B16 = dict(image_size=224, patch_size=16, width=768, layers=12, heads=12, mlp_ratio=4.0, output_dim=512)
@@ -68,16 +68,6 @@ def bare_loop(model, data, loss_fn, augment, device, amp: bool) -> None:
 def lt_loop(model, data, loss_fn, augment, device, amp: bool) -> None:
     train(model, data, loss_fn, epochs=1, batch_size=BATCH, device=device, amp=amp, augment=augment,
           progress=False)
-
-
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def measure(name, vit_kwargs, image_size, device, steps, repeats) -> dict:

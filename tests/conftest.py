@@ -1,6 +1,8 @@
 """Shared test set-up: unit tests never read or write the book's results cache, and figures never open a window."""
 import os
+import pickle
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,3 +59,29 @@ def tiny_lab(tmp_path, monkeypatch):
     monkeypatch.setitem(lab.PRETRAIN_CONFIG, "corpus_size", 512)
     monkeypatch.setitem(lab.PRETRAIN_CONFIG, "epochs", 1)
     return tmp_path
+
+
+def write_fake_cifar100(root, per_class_train: int, per_class_test: int, fine_names, seed: int = 123):
+    """A CIFAR-100 folder in the real format under ``root`` (python pickles, N x 3072 uint8 rows, shuffled labels)."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+
+    def dump(obj, path):
+        with open(path, "wb") as f:
+            pickle.dump(obj, f, protocol=2)
+
+    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
+        labels = rng.permutation(np.repeat(np.arange(100), per_class))
+        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        dump({"filenames": [f"{i}.png" for i in range(len(labels))], "batch_label": split,
+              "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist(), "data": data}, folder / split)
+    dump({"fine_label_names": list(fine_names), "coarse_label_names": [f"super_{i}" for i in range(20)]},
+         folder / "meta")
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_cifar100():
+    """The writer of fabricated CIFAR-100 folders (``write_fake_cifar100``), for tests in any file."""
+    return write_fake_cifar100

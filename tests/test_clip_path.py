@@ -2,7 +2,6 @@
 to end on the CPU: tiny random-weight open_clip models saved to local files stand in for CLIP/OpenCLIP, and a tiny
 CIFAR-100 folder in the real pickle format stands in for the download. Only the device differs from Colab."""
 import json
-import pickle
 
 import numpy as np
 import open_clip
@@ -18,18 +17,9 @@ PER_CLASS = {"train": 6, "test": 2}
 
 
 @pytest.fixture(scope="module")
-def clip_world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clip_path")
-    folder = root / "cifar-100-python"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for split, per_class in PER_CLASS.items():
-        labels = rng.permutation(np.repeat(np.arange(100), per_class))
-        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-        with open(folder / split, "wb") as f:
-            pickle.dump({"fine_labels": labels.tolist(), "data": data, "filenames": [""] * len(labels)}, f)
-    with open(folder / "meta", "wb") as f:
-        pickle.dump({"fine_label_names": [f"thing_{i}" for i in range(100)]}, f)
+def clip_world(tmp_path_factory, fake_cifar100):
+    root = fake_cifar100(tmp_path_factory.mktemp("clip_path"), PER_CLASS["train"], PER_CLASS["test"],
+                         [f"thing_{i}" for i in range(100)], seed=0)
     (root / "lt-clip-path-test.json").write_text(json.dumps(TINY_CFG))
     open_clip.add_model_config(root)
     for seed, name in enumerate(("tiny-clip", "tiny-openclip")):

@@ -145,27 +145,10 @@ FINE_NAMES = [f"class_{i}" for i in range(100)]
 FINE_NAMES[1], FINE_NAMES[47] = "aquarium_fish", "maple_tree"  # real CIFAR-100 names at their real indices
 
 
-def _write_pickle(obj, path):
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
 @pytest.fixture(scope="module")
-def cifar_root(tmp_path_factory):
+def cifar_root(tmp_path_factory, fake_cifar100):
     """A CIFAR-100 folder in the real format (python pickles, N x 3072 uint8 rows, shuffled labels)."""
-    root = tmp_path_factory.mktemp("cifar")
-    folder = root / "cifar-100-python"
-    folder.mkdir()
-    rng = np.random.default_rng(123)
-    for split, per_class in (("train", PER_CLASS_TRAIN), ("test", PER_CLASS_TEST)):
-        labels = rng.permutation(np.repeat(np.arange(100), per_class))
-        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-        _write_pickle({"filenames": [f"{i}.png" for i in range(len(labels))], "batch_label": split,
-                       "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist(), "data": data},
-                      folder / split)
-    _write_pickle({"fine_label_names": FINE_NAMES, "coarse_label_names": [f"super_{i}" for i in range(20)]},
-                  folder / "meta")
-    return root
+    return fake_cifar100(tmp_path_factory.mktemp("cifar"), PER_CLASS_TRAIN, PER_CLASS_TEST, FINE_NAMES)
 
 
 def _read_split(root, split):
