@@ -25,21 +25,24 @@ from book_tools import toc_notebooks  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--warm", action="store_true", help="use $LT_CACHE_DIR or .lt_cache instead of a fresh cache")
+    parser.add_argument("--warm", action="store_true",
+                        help="use $LT_CACHE_DIR or .lt_cache instead of a fresh cache")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         cache = os.environ.get("LT_CACHE_DIR", str(ROOT / ".lt_cache")) if args.warm else scratch
         os.environ.update(LT_PROFILE="lab", LT_CACHE_DIR=cache, TQDM_DISABLE="1")
-        rows, total = [], 0.0
+        total = 0.0
         for path in toc_notebooks(ROOT):
             nb = nbformat.read(path, as_version=4)
             start = time.perf_counter()
-            NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+            client = NotebookClient(nb, timeout=900, kernel_name="python3",
+                                    resources={"metadata": {"path": str(path.parent)}})
+            client.execute()
             seconds = time.perf_counter() - start
             total += seconds
-            rows.append((path.name, seconds))
             print(f"{path.name:40s} {seconds:7.1f} s", flush=True)
-        print(f"{'total (' + ('warm' if args.warm else 'cold') + ' cache)':40s} {total:7.1f} s  on {os.cpu_count()} CPU cores")
+        label = f"total ({'warm' if args.warm else 'cold'} cache)"
+        print(f"{label:40s} {total:7.1f} s  on {os.cpu_count()} CPU cores")
 
 
 if __name__ == "__main__":
