@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from .cache import atomic_torch_save, cache_dir, cache_key, cached, safe_torch_load
-from .profiles import Profile, get_device, hide_progress
+from .profiles import Profile, get_device, hide_progress, set_seed
 from .profiles import profile as get_profile
 
 LOG_EVERY = 25  # steps between host syncs for the progress bar (and the NaN check)
@@ -436,6 +436,9 @@ def fine_tune(profile=None, model_name: str | None = None, loss: str = "la", see
         fm = load_foundation_model(model_name, device=device)
         splits = _load_splits(profile, fm)
         train_set = splits["train"]
+        # the adapters' random init is part of the run: seed it, so the same seed gives the same result in any
+        # process (whatever ran before it there, e.g. pre-training a lab model)
+        set_seed(seed)
         model = build_classifier(fm, train_set.classnames, peft=peft)
         class_counts = torch.as_tensor(train_set.class_counts).long().cpu()
         data_prior = class_counts.double() / class_counts.sum()
