@@ -20,7 +20,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default=None, help="default: CUDA if present, else CPU")
     args = parser.parse_args()
-    device = lt.get_device(args.device)
+    device = lt.profiles.get_device(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     print(f"{'N x C':>12} {'M':>2} {'mode':>6} {'median ms':>10} {'Mentries/s':>11}")
     for size in args.sizes:
@@ -28,7 +28,7 @@ def main() -> None:
         g = torch.Generator(device=device).manual_seed(0)
         logits = [torch.randn(n, c, generator=g, device=device) for _ in range(args.max_models)]
         for m in range(1, args.max_models + 1):
-            for mode in lt.BACKDOOR_MODES:
+            for mode in lt.backdoor.BACKDOOR_MODES:
                 lt.backdoor_adjust(logits[:m], mode=mode)  # warm-up
                 seconds = median_time(lambda: lt.backdoor_adjust(logits[:m], mode=mode), args.repeats, device)
                 print(f"{size:>12} {m:>2} {mode:>6} {1e3 * seconds:>10.2f} {m * n * c / seconds / 1e6:>11.1f}")

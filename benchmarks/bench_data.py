@@ -49,8 +49,8 @@ def main():
     rows = []
     for train in (True, False):
         mode = "train" if train else "test"
-        augment = lt.TensorAugment(SIZE, lt.CLIP_MEAN, lt.CLIP_STD, train=train)
-        per_image = lt.torchvision_transforms(SIZE, lt.CLIP_MEAN, lt.CLIP_STD, train=train)
+        augment = lt.augment.TensorAugment(SIZE, lt.augment.CLIP_MEAN, lt.augment.CLIP_STD, train=train)
+        per_image = lt.augment.torchvision_transforms(SIZE, lt.augment.CLIP_MEAN, lt.augment.CLIP_STD, train=train)
         rows.append(("cpu", mode, f"TensorAugment, batch {BATCH}, threads={torch.get_num_threads()}",
                      *rate(lambda: augment(batch), BATCH, args.seconds)))
         threads = torch.get_num_threads()
@@ -65,13 +65,13 @@ def main():
             rows.append(("cuda", mode, f"TensorAugment, batch {BATCH}",
                          *rate(lambda: augment(gpu_batch), BATCH, args.seconds, sync)))
             gen = torch.Generator(device="cuda").manual_seed(0)
-            with torch.autocast("cuda", dtype=torch.float16):  # what lt.train runs it under
+            with torch.autocast("cuda", dtype=torch.float16):  # what lt.training.train runs it under
                 rows.append(("cuda", mode, f"TensorAugment, batch {BATCH}, autocast",
                              *rate(lambda: augment(gpu_batch, generator=gen), BATCH, args.seconds, sync)))
     if torch.cuda.is_available():  # the whole fast path: index a GPU-resident dataset + augment, one epoch
-        dataset = lt.InMemoryDataset(images, torch.arange(len(images)) % 100, [str(i) for i in range(100)])
-        loader = lt.make_loader(dataset, BATCH, shuffle=True, device="cuda",
-                                batch_transform=lt.TensorAugment(SIZE, train=True))
+        dataset = lt.data.InMemoryDataset(images, torch.arange(len(images)) % 100, [str(i) for i in range(100)])
+        loader = lt.data.make_loader(dataset, BATCH, shuffle=True, device="cuda",
+                                batch_transform=lt.augment.TensorAugment(SIZE, train=True))
         rows.append(("cuda", "train", "make_loader(GPU-resident) + TensorAugment, epoch of 1024",
                      *rate(lambda: [x for x, _ in loader], len(images), args.seconds, torch.cuda.synchronize)))
 

@@ -24,6 +24,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lt_utils import lab  # noqa: E402
+from lt_utils.groups import rank_groups  # noqa: E402
 
 
 def knn_accuracy(bank, bank_labels, query, query_labels, k=20):
@@ -80,7 +81,7 @@ def main():
     if args.grid:
         save_grid(world, args.grid)
 
-    d_groups = lab.rank_groups(world.train.class_counts.float(), lab.D_GROUP_SIZES)
+    d_groups = rank_groups(world.train.class_counts.float(), lab.D_GROUP_SIZES)
     rows, total_pretrain = [], 0.0
     for name in args.models:
         t = time.perf_counter()
@@ -92,7 +93,7 @@ def main():
         visual.eval()
         text = ckpt["class_embeddings"]
         prior = world.upstream_priors[name]
-        p_groups = lab.rank_groups(prior, lab.P_GROUP_SIZES)
+        p_groups = rank_groups(prior, lab.P_GROUP_SIZES)
 
         test_emb = lab.encode_images(visual, world.test.images)
         logits = ckpt["logit_scale"] * F.normalize(test_emb, dim=-1) @ F.normalize(text, dim=-1).T

@@ -1,8 +1,8 @@
-"""Throughput of ``lt.train`` against a bare PyTorch loop doing the same work (target ratio >= 0.97).
+"""Throughput of ``lt.training.train`` against a bare PyTorch loop doing the same work (target ratio >= 0.97).
 
 Same model, data, augmentation, loss, optimizer (SGD + momentum + weight decay) and batch (128) in both; the
 bare loop has no schedule, accumulation bookkeeping, NaN check, progress bar or statistics. Each timing covers a
-whole call (``lt.train`` includes its set-up), best of ``--repeats`` runs in alternating order.
+whole call (``lt.training.train`` includes its set-up), best of ``--repeats`` runs in alternating order.
 
 - CPU: the lab model (open_clip ViT, width 64, 3 layers, 24x24 images) + AdaptFormer + cosine head.
 - CUDA (when present): a random-weight ViT-B/16 + AdaptFormer + cosine head, CIFAR-sized uint8 images on the
@@ -17,12 +17,13 @@ import argparse
 import torch
 from open_clip.transformer import VisionTransformer
 
-from lt_utils.data import InMemoryDataset, TensorAugment
+from lt_utils.augment import TensorAugment
+from lt_utils.data import InMemoryDataset
 from lt_utils.lab import LAB_MEAN, LAB_STD, LAB_VIT
 from lt_utils.losses import make_loss
 from lt_utils.models import FoundationModel, build_classifier
 from lt_utils.profiles import setup_cpu
-from lt_utils.train import train
+from lt_utils.training import train
 from timing import timed  # benchmarks/timing.py (the script's own folder is on sys.path)
 
 NUM_CLASSES, BATCH = 100, 128
@@ -78,7 +79,7 @@ def measure(name, vit_kwargs, image_size, device, steps, repeats) -> dict:
     scale = (0.6, 1.0) if vit_kwargs["image_size"] == image_size else (0.08, 1.0)
     augment = TensorAugment(vit_kwargs["image_size"], *mean_std, train=True, scale=scale)
     loss_fn = make_loss("la", data.class_counts.float() + 1)
-    loops = {"lt.train": lt_loop, "bare": bare_loop}
+    loops = {"lt.training.train": lt_loop, "bare": bare_loop}
     best = {k: float("inf") for k in loops}
     for loop in loops.values():  # warm-up (allocator, kernels, thread pools)
         loop(model, data, loss_fn, augment, device, amp)
@@ -87,7 +88,7 @@ def measure(name, vit_kwargs, image_size, device, steps, repeats) -> dict:
             seconds = timed(lambda: loops[key](model, data, loss_fn, augment, device, amp), device)
             best[key] = min(best[key], seconds)
     images = steps * BATCH
-    return dict(name=name, device=str(device), lt=images / best["lt.train"], bare=images / best["bare"])
+    return dict(name=name, device=str(device), lt=images / best["lt.training.train"], bare=images / best["bare"])
 
 
 def main() -> None:
@@ -106,7 +107,7 @@ def main() -> None:
                             args.repeats))
     else:
         print("(no CUDA device: GPU row not measured)")
-    print(f"{'model':30s} {'device':8s} {'lt.train img/s':>15s} {'bare img/s':>12s} {'ratio':>7s}")
+    print(f"{'model':30s} {'device':8s} {'lt.training.train img/s':>15s} {'bare img/s':>12s} {'ratio':>7s}")
     for row in rows:
         print(f"{row['name']:30s} {row['device']:8s} {row['lt']:15.1f} {row['bare']:12.1f} "
               f"{row['lt'] / row['bare']:7.3f}")

@@ -1,30 +1,49 @@
 """lt_utils: the helper package of the book *Rethinking the Bias of Foundation Models under Long-tailed
-Distribution* (Chen et al., ICML 2025). ``import lt_utils as lt``; see DESIGN.md for the map."""
-# --- profiles & cache
-from .profiles import PROFILE_NAMES, Profile, get_device, profile, set_seed, setup_cpu
-from .cache import atomic_torch_save, cache_dir, cache_key, cached, safe_torch_load
-# --- data
-from .data import (CLIP_MEAN, CLIP_STD, DATASET_NAMES, GROUP_NAMES, ImageListDataset, InMemoryDataset, TensorAugment,
-                   balanced_subset, cifar100_lt_groups, data_groups, load_dataset, long_tail_counts, make_loader,
-                   prior_groups, torchvision_transforms)
-# --- lab
-from . import lab
-# --- models & peft
-from .models import (FOUNDATION_MODELS, Classifier, CosineHead, FoundationModel, LinearHead, ZeroShotHead,
-                     build_classifier, grad_cam, load_checkpoint, load_foundation_model, register_foundation_model,
-                     save_checkpoint, save_foundation_model)
-from .peft import PEFT_METHODS, adaptformer_bottleneck, apply_peft, count_parameters
-# --- losses, prior, metrics, backdoor, plots
-from .losses import (LOSS_NAMES, PRIOR_EPS, AdjustedLoss, balanced_softmax_loss, cross_entropy_loss,
-                     gla_train_loss, logit_adjusted_loss, make_loss)
-from .prior import calibrate_temperature, estimate_prior, prior_optimality_gap, rank_correlation
-from .metrics import (accuracy, accuracy_report, group_accuracy, group_matrix, knn_accuracy, knn_predict,
-                      per_class_accuracy, predict, report_row)
-from .backdoor import BACKDOOR_MODES, backdoor_adjust, count_flops, inference_cost
-from .plots import (GROUP_COLORS, glue, plot_causal_graph, plot_group_bars, plot_group_matrix, plot_long_tail,
-                    plot_per_class_vs_prior, plot_prior_scatter, set_style, show_cams, show_images)
-# --- train & cli
-from .train import (epoch_indices, estimate_pretrain_prior, fine_tune, headline_comparison, init_distributed,
-                    load_fine_tuned, test_transform, train, train_step, trainable_state, zero_shot)
+Distribution* (Chen et al., ICML 2025).
 
-__version__ = "0.1.0"
+``import lt_utils as lt`` gives the front door: the names the chapters and their exercises call (``lt.<Tab>``).
+Everything else stays reachable through its module, e.g. ``lt.training.train`` or ``lt.augment.TensorAugment``.
+The modules form layers whose imports only go down; DESIGN.md draws them and is tested.
+"""
+from . import (augment, backdoor, cache, data, distributed, experiments, explain, groups, lab, losses, metrics,
+               models, peft, plots, prior, profiles, runs, training)
+from .backdoor import backdoor_adjust
+from .cache import cached
+from .data import balanced_subset, load_dataset
+from .experiments import headline_comparison
+from .explain import count_flops, grad_cam, inference_cost
+from .groups import GROUP_NAMES, data_groups, prior_groups
+from .losses import cross_entropy_loss, gla_train_loss, logit_adjusted_loss
+from .metrics import accuracy, accuracy_report, knn_predict, report_row
+from .models import register_foundation_model
+from .plots import (glue, plot_causal_graph, plot_group_bars, plot_group_matrix, plot_long_tail,
+                    plot_per_class_vs_prior, plot_prior_scatter, set_style, show_cams, show_images)
+from .prior import estimate_prior, rank_correlation
+from .profiles import profile
+from .runs import estimate_pretrain_prior, fine_tune, load_fine_tuned, test_transform, zero_shot
+from .version import __version__
+
+# The front door: what the chapters and their exercises call (DESIGN.md lists each with its signature).
+__all__ = [
+    # settings and cache
+    "profile", "cached",
+    # data and groups
+    "load_dataset", "balanced_subset", "GROUP_NAMES", "data_groups", "prior_groups",
+    # the lab world (a module: lt.lab.make_world, lt.lab.upstream_priors)
+    "lab",
+    # models
+    "register_foundation_model",
+    # losses, the prior, metrics, fusion
+    "cross_entropy_loss", "logit_adjusted_loss", "gla_train_loss",
+    "estimate_prior", "rank_correlation",
+    "accuracy", "accuracy_report", "report_row", "knn_predict",
+    "backdoor_adjust",
+    # cached runs and experiments
+    "zero_shot", "fine_tune", "estimate_pretrain_prior", "load_fine_tuned", "test_transform",
+    "headline_comparison",
+    # explaining and costing
+    "grad_cam", "count_flops", "inference_cost",
+    # figures and prose
+    "set_style", "glue", "plot_long_tail", "plot_group_bars", "plot_group_matrix", "plot_prior_scatter",
+    "plot_per_class_vs_prior", "show_images", "show_cams", "plot_causal_graph",
+]

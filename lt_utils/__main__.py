@@ -17,14 +17,23 @@ from pathlib import Path
 
 import torch
 
+from .version import __version__
+from .backdoor import BACKDOOR_MODES, backdoor_adjust
 from .cache import atomic_torch_save, atomic_write_text, safe_torch_load
+from .distributed import dist_info
+from .groups import data_groups, prior_groups
+from .lab import upstream_priors
+from .losses import LOSS_NAMES
+from .metrics import accuracy, accuracy_report
+from .models import build_classifier, load_foundation_model, save_checkpoint
+from .peft import PEFT_METHODS
+from .prior import rank_correlation
 from .profiles import PROFILE_NAMES
 from .profiles import profile as get_profile
+from .runs import estimate_pretrain_prior, fine_tune, zero_shot
 
 RUN_FILES = dict(config="config.json", metrics="metrics.json", weights="adapter_head.safetensors",
                  logits="logits.pt")
-LOSSES = ("ce", "la", "bs", "gla_train")  # lt.LOSS_NAMES; spelled out so --help needs no heavy import
-PEFTS = ("adaptformer", "vpt_shallow", "vpt_deep", "lora", "bitfit", "linear_probe", "full")
 
 
 def _positive_int(text: str) -> int:
@@ -61,12 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=PROFILE_NAMES, default=None, help=profile_help)
     p.add_argument("--model", required=True, help="foundation model name, e.g. lab-clip or clip "
                                                    "(see lt_utils.FOUNDATION_MODELS)")
-    p.add_argument("--loss", choices=LOSSES, default="la",
+    p.add_argument("--loss", choices=LOSS_NAMES, default="la",
                    help="training loss: ce, la (logit adjustment, default), bs (balanced softmax), gla_train "
                         "(LA plus the estimated pre-training prior)")
     p.add_argument("--seed", type=int, default=0, help="fine-tuning seed (data order, augmentation; default 0)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default: the profile's)")
-    p.add_argument("--peft", choices=PEFTS, default=None, help="PEFT method (default: the profile's, adaptformer)")
+    p.add_argument("--peft", choices=PEFT_METHODS, default=None, help="PEFT method (default: the profile's, adaptformer)")
     p.add_argument("--distributed", action="store_true",
                    help="train with DDP under torchrun (torchrun --nproc_per_node=N -m lt_utils train ...)")
     p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run folder to write")
@@ -78,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "member's own accuracy.")
     p.add_argument("--runs", nargs="+", required=True, type=Path, metavar="RUN_DIR",
                    help="run folders written by `train` (same profile and data)")
-    p.add_argument("--mode", choices=("logits", "probs"), default="logits",
+    p.add_argument("--mode", choices=BACKDOOR_MODES, default="logits",
                    help="logits: sum of logits, a product of experts (the official code, default); probs: average "
                         "of softmax probabilities (the paper's equation)")
     p.add_argument("--weights", nargs="+", type=float, default=None, help="one weight per run (default: equal)")
@@ -106,8 +115,6 @@ def _as_json(x):
 
 def _report(logits, labels, d_groups, p_groups=None) -> dict:
     """JSON-able accuracy summary in percent (a group without classes is null)."""
-    from .metrics import accuracy_report
-
     report = accuracy_report(logits, labels, d_groups, p_groups)
     keep = ("overall", "mean_per_class", "d_group", "p_group", "matrix")
     return {k: _as_json(report[k]) for k in keep if k in report}
@@ -123,11 +130,6 @@ def _write_json(obj, path: Path | None) -> None:
 
 
 def cmd_train(args) -> None:
-    from . import __version__
-    from .data import data_groups, prior_groups
-    from .models import build_classifier, load_foundation_model, save_checkpoint
-    from .train import dist_info, estimate_pretrain_prior, fine_tune
-
     profile = args.profile
     if args.distributed:
         dist_info(True)
@@ -176,9 +178,6 @@ def _load_run(run_dir: Path) -> dict:
 
 
 def cmd_eval(args) -> None:
-    from .backdoor import backdoor_adjust
-    from .data import data_groups, prior_groups
-
     runs = [_load_run(r) for r in args.runs]
     names = [str(r) for r in args.runs]
     first = runs[0]
@@ -206,18 +205,12 @@ def cmd_eval(args) -> None:
 
 
 def cmd_estimate_prior(args) -> None:
-    from .metrics import accuracy
-    from .prior import rank_correlation
-    from .train import estimate_pretrain_prior, zero_shot
-
     profile = args.profile
     prior = estimate_pretrain_prior(profile, args.model)
     val = zero_shot(profile, args.model)["val"]
     result = dict(command="estimate-prior", profile=profile.name, model=args.model, prior=prior.tolist(),
                   zero_shot_val_accuracy=accuracy(val["logits"], val["labels"]))
     if profile.dataset == "lab":  # the lab knows the truth
-        from .lab import upstream_priors
-
         true_prior = upstream_priors()[args.model]
         result.update(true_prior=true_prior.tolist(), rank_correlation=rank_correlation(true_prior, prior))
     _write_json(result, args.out)

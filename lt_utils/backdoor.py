@@ -47,14 +47,21 @@ def _as_weights(weights, num_models: int) -> list[float]:
 def backdoor_adjust(logits_per_model, weights=None, mode: str = "logits") -> torch.Tensor:
     """Fuse M models' logits on the same N x C set into one N x C score tensor (no forward pass).
 
-    ``logits_per_model``: a list/tuple of N x C tensors, a dict name -> tensor, or an (M, N, C) tensor.
-    ``weights``: one non-negative weight per model, normalised to sum to 1 (default: equal, P(c) = 1/M).
-
     - ``mode="logits"``: sum_m w_m z_m, a (weighted) product of experts.  With equal weights this is the mean
       of the logits, i.e. the official code's sum divided by M: the same argmax, a softer softmax.
     - ``mode="probs"``: log sum_m w_m softmax(z_m), the log of the paper's P(y | do(x)); computed stably with
-      ``logaddexp``.  Returns log-probabilities (``.exp()`` gives the averaged distribution).
-    The output is float32 (float64 if the inputs are), on the inputs' device.
+      ``logaddexp``.
+
+    Taught in chapter 4.
+
+    Args:
+        logits_per_model: a list/tuple of N x C tensors, a dict name -> tensor, or an (M, N, C) tensor.
+        weights: one non-negative weight per model, normalised to sum to 1 (default: equal, P(c) = 1/M).
+        mode: ``"logits"`` (the official code) or ``"probs"`` (the paper's equation).
+
+    Returns:
+        An N x C tensor, float32 (float64 if the inputs are), on the inputs' device: the weighted logits for
+        ``mode="logits"``, log-probabilities for ``mode="probs"`` (``.exp()`` gives the averaged distribution).
     """
     if mode not in BACKDOOR_MODES:
         raise ValueError(f"Unknown mode {mode!r}; choose 'logits' (sum of logits, the official code) or "
@@ -80,43 +87,3 @@ def backdoor_adjust(logits_per_model, weights=None, mode: str = "logits") -> tor
         else:
             fused = torch.logaddexp(fused, term, out=fused)
     return fused
-
-
-def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of one forward pass of ``model`` on ``x`` (a multiply-add counts 2), from ``torch.utils.flop_counter``
-    (matrix products and convolutions; element-wise operations are not counted). Works on the ``meta`` device, so
-    a ViT-B/16 can be counted without weights or compute."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    # counted with autograd on: the inference fast path of nn.MultiheadAttention hides its matmuls from the counter
-    with FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops()
-
-
-def inference_cost(models, images: torch.Tensor, transform=None, repeats: int = 10) -> list[dict]:
-    """Per model: wall-clock milliseconds (median of ``repeats`` timed passes, after a warm-up of every model) and
-    counted FLOPs per image of one forward pass on ``images`` (a batch already on the models' device; uint8
-    batches go through ``transform`` first, which is not timed).
-
-    FLOPs as ``count_flops``. Backdoor adjustment over M models costs the sum of its members."""
-    import statistics
-    import time
-
-    x = transform(images) if transform is not None else images
-    flops = [count_flops(model.eval(), x) / len(x) for model in models]
-
-    def timed(model) -> float:
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model(x)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    with torch.inference_mode():
-        for model in models:  # warm up every model before timing any (first calls pay one-off set-up costs)
-            timed(model)
-        seconds = [statistics.median(timed(model) for _ in range(repeats)) for model in models]
-    return [dict(ms_per_image=1e3 * s / len(x), flops_per_image=f) for s, f in zip(seconds, flops)]

@@ -1,6 +1,7 @@
 """The one load-or-compute cache: expensive results (pre-training, fine-tuning, logits) are computed once,
-written atomically, loaded safely (``weights_only=True``) and keyed by their configuration *and* the source code
-that produced them, so a stale result is never reused silently."""
+written atomically, loaded safely (``weights_only=True``) and keyed by their configuration *and* the source of the
+modules whose code produced them, so a stale result is never reused silently while an edit to unrelated code
+(a plot, a docstring elsewhere) keeps every result."""
 from __future__ import annotations
 
 import hashlib
@@ -14,6 +15,8 @@ from typing import Any, Callable, Iterable
 import torch
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
+# Part of every digest: raise it to invalidate every cached result at once (e.g. when a file format changes).
+CACHE_VERSION = 1
 
 
 def cache_dir() -> Path:
@@ -22,15 +25,15 @@ def cache_dir() -> Path:
     return Path(root).expanduser()
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable, mode: str) -> Path:
-    """Write with ``write(file)`` to a temporary file in the same folder, then rename: a reader never sees half a
-    file, and a crash leaves any previous version in place."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """The one atomic writer: ``write(tmp)`` writes a temporary file in the same folder, which is then renamed
+    to ``path``. A reader never sees half a file, and a crash leaves any previous version in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -40,12 +43,12 @@ def _atomic_write(path: str | os.PathLike, write: Callable, mode: str) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` atomically (temporary file, then rename)."""
-    return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     """Write a text file atomically (temporary file, then rename)."""
-    return _atomic_write(path, lambda f: f.write(text), "w")
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
@@ -62,16 +65,22 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         ) from err
 
 
+def _module_file(module: ModuleType | str) -> Path:
+    name = module if isinstance(module, str) else module.__name__
+    path = _PACKAGE_DIR / f"{name.rsplit('.', 1)[-1]}.py"
+    if not path.is_file():
+        raise ValueError(f"{name!r} is not a module of lt_utils (no {path.name} in {_PACKAGE_DIR}).")
+    return path
+
+
 def source_hash(modules: Iterable[ModuleType | str] | None = None) -> str:
-    """Hash of the source files of ``modules`` (default: every module of lt_utils)."""
+    """Hash of the source files of ``modules`` (names such as ``"training"`` or module objects; default: every
+    module of lt_utils) and of ``CACHE_VERSION``."""
     if modules is None:
         files = sorted(_PACKAGE_DIR.glob("*.py"))
     else:
-        files = []
-        for m in modules:
-            name = m if isinstance(m, str) else m.__name__
-            files.append(_PACKAGE_DIR / f"{name.rsplit('.', 1)[-1]}.py")
-    digest = hashlib.sha256()
+        files = sorted({_module_file(m) for m in modules})
+    digest = hashlib.sha256(f"lt_utils cache v{CACHE_VERSION}".encode())
     for f in files:
         digest.update(f.name.encode())
         digest.update(f.read_bytes())
@@ -91,8 +100,19 @@ def cached(kind: str, key: dict, compute: Callable[[], Any],
            depends_on: Iterable[ModuleType | str] | None = None, verbose: bool = False) -> Any:
     """Load ``cache_dir()/kind/<digest>.pt`` if present, else ``compute()``, save it atomically and return it.
 
-    ``key`` describes everything the result depends on (model, data, hyper-parameters, seed); the source of
-    ``depends_on`` (default: all of lt_utils) is part of the digest. Set ``LT_NO_CACHE=1`` to always recompute.
+    Every chapter uses it through ``fine_tune`` and ``zero_shot``; the exercises of chapter 5 call it for their
+    own expensive computations.
+
+    Args:
+        kind: the sub-folder of ``cache_dir()`` (e.g. ``"finetune"``).
+        key: a JSON-able dict of everything the result depends on (model, data, hyper-parameters, seed).
+        compute: the function that makes the result (tensors, numbers, strings in dicts/lists/tuples).
+        depends_on: the lt_utils modules whose code ``compute`` runs (names such as ``"training"``); their
+            source is part of the digest, so editing them recomputes while an edit elsewhere keeps the result.
+            Default: every module of lt_utils (safe for code outside the package).
+
+    Returns:
+        The loaded or computed value. Set ``LT_NO_CACHE=1`` to always recompute.
     """
     digest = cache_key(key, depends_on)
     path = cache_dir() / kind / f"{digest}.pt"

@@ -1,31 +1,36 @@
-"""Data: long-tailed datasets (CIFAR-100-LT, ImageNet-LT, Places-LT and the lab world), the Many/Medium/Few
-class groups, and a GPU-resident augmentation path so that data loading is never the bottleneck.
+"""Data: long-tailed datasets (CIFAR-100-LT, ImageNet-LT, Places-LT; the lab world registers itself), balanced
+subsets, and loaders that batch in-memory data on its device so that data loading is never the bottleneck.
 
 Two kinds of dataset, one interface (``.targets``, ``.classnames``, ``.class_counts``, ``len``, ``ds[i] ->
 (image, label)``):
 - ``InMemoryDataset`` (CIFAR, lab): every image in one uint8 tensor ``.images`` (N x 3 x H x W). Batches are cut
   by index, on the GPU if the tensor lives there, and augmented there by ``TensorAugment``.
 - ``ImageListDataset`` (ImageNet-LT, Places-LT): a split file of "relative/path label" lines over an image
-  folder, decoded with PIL per image and transformed with ``torchvision_transforms`` in DataLoader workers.
+  folder, decoded with PIL per image and transformed with ``lt_utils.augment.torchvision_transforms`` in
+  DataLoader workers.
+
+Datasets are found by name in a registry (``register_dataset``): this module registers CIFAR-100-LT,
+ImageNet-LT and Places-LT; ``lt_utils.lab`` registers the lab world, so this module knows nothing of the lab.
 """
 from __future__ import annotations
 
-import copy
 import math
-import os
 import pickle
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import torchvision
+from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+from PIL import Image
+
+from .groups import data_groups
+from .profiles import default_data_root
 
 DATASET_NAMES = ("cifar100_lt", "imagenet_lt", "places_lt", "lab")
-GROUP_NAMES = ("Many", "Medium", "Few")
-MANY_ABOVE = 100  # D-Many: more than 100 training images (OLTR's convention, used by LIFT and the paper)
-FEW_BELOW = 20  # D-Few: fewer than 20; D-Medium: 20..100
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -51,6 +56,11 @@ def long_tail_counts(num_classes: int, n_max: float, imbalance_ratio: float) -> 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Datasets
+
+def is_in_memory(data) -> bool:
+    """Whether ``data`` holds its images in one tensor ``.images`` (the fast, batched-by-index path)."""
+    return isinstance(getattr(data, "images", None), torch.Tensor)
+
 
 class InMemoryDataset(torch.utils.data.Dataset):
     """All images in one uint8 tensor: ``images`` (N x 3 x H x W), ``targets`` (N labels), ``classnames``.
@@ -153,7 +163,6 @@ class ImageListDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from PIL import Image
         with Image.open(self.paths[index]) as image:
             image = image.convert("RGB")
         if self.transform is not None:
@@ -167,56 +176,78 @@ class ImageListDataset(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
 
-def default_data_root() -> Path:
-    """``$LT_DATA_ROOT``, else ``~/data`` (the clip profile's default)."""
-    return Path(os.environ.get("LT_DATA_ROOT") or "~/data").expanduser()
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to load one registered dataset: ``loader(root, split, imbalance_ratio, transform, download, seed)``,
+    its ``splits``, whether ``imbalance_ratio`` applies, and the lt_utils ``modules`` whose code makes it (part
+    of the cache keys of every result computed on it)."""
+    loader: Callable
+    splits: tuple
+    variable_ratio: bool
+    modules: tuple
+
+
+_DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(name: str, loader: Callable, splits: Sequence[str], *, variable_ratio: bool = False,
+                     modules: Sequence[str] = ("data",)) -> None:
+    """Make ``load_dataset(name, ...)`` call ``loader(root, split, imbalance_ratio, transform, download, seed)``.
+    ``modules``: the lt_utils modules whose code makes the data (e.g. ``lt.lab.WORLD_MODULES``)."""
+    _DATASETS[name] = DatasetSpec(loader, tuple(splits), variable_ratio, tuple(modules))
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The registered dataset names."""
+    return tuple(_DATASETS)
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+    """The registry entry of ``name`` (ValueError listing the known names otherwise)."""
+    if name not in _DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}: choose one of {', '.join(_DATASETS)}.")
+    return _DATASETS[name]
 
 
 def load_dataset(name: str, root=None, split: str = "train", imbalance_ratio: float = 100,
                  transform: Callable | None = None, download: bool = False, seed: int = 0):
-    """One split of a long-tailed dataset: ``"cifar100_lt" | "imagenet_lt" | "places_lt" | "lab"``.
+    """One split of a long-tailed dataset. Used by chapters 1, 2 and 4.
 
-    - ``cifar100_lt`` (split ``train`` | ``test``): CIFAR-100 from ``root/cifar-100-python/`` (``download=True``
-      fetches it). Train keeps ``long_tail_counts(100, 500, imbalance_ratio)`` images per class, the first n_i of
-      a per-class shuffle seeded ``seed`` (0 = the peers' selection); test is the balanced 10,000. Returns an
-      ``InMemoryDataset`` (uint8 N x 3 x 32 x 32).
-    - ``imagenet_lt`` / ``places_lt`` (split ``train`` | ``val`` | ``test``): the OLTR split files
-      (``ImageNet_LT_train.txt``, ...) found in ``root`` or ``root/ImageNet_LT`` (``root/Places_LT``) over the
-      image folder ``root``. Returns an ``ImageListDataset`` (PIL images, 1000 or 365 classes).
-    - ``lab`` (split ``train`` | ``val`` | ``test``): the generated world ``lt.lab.make_world(seed)``.
+    Args:
+        name: ``"cifar100_lt"`` (splits ``train``, ``test``), ``"imagenet_lt"`` / ``"places_lt"`` (``train``,
+            ``val``, ``test``) or ``"lab"`` (``train``, ``val``, ``test``; the generated world
+            ``lt.lab.make_world(seed)``).
+        root: the data folder; None means ``$LT_DATA_ROOT`` or ``~/data``. CIFAR-100 is read from
+            ``root/cifar-100-python/``; ImageNet-LT / Places-LT from the OLTR split files
+            (``ImageNet_LT_train.txt``, ...) in ``root`` or ``root/ImageNet_LT`` (``root/Places_LT``) over the
+            image folder ``root``.
+        split: which split.
+        imbalance_ratio: CIFAR-100-LT only: train keeps ``long_tail_counts(100, 500, imbalance_ratio)`` images
+            per class, the first n_i of a per-class shuffle seeded ``seed`` (0 = the peers' selection).
+        transform: applied per image (``ds[i]``).
+        download: fetch CIFAR-100 when missing (ImageNet and Places365 need a licence: never downloaded).
+        seed: CIFAR-100-LT's selection shuffle; the lab world's seed.
 
-    ``root=None`` means ``$LT_DATA_ROOT`` or ``~/data``. ``imbalance_ratio`` applies to CIFAR-100-LT only.
+    Returns:
+        A dataset with ``.targets``, ``.classnames``, ``.class_counts``, ``len`` and ``ds[i] -> (image,
+        label)``: an ``InMemoryDataset`` (uint8 N x 3 x H x W ``.images``; CIFAR, lab) or an
+        ``ImageListDataset`` (PIL images; ImageNet-LT, Places-LT).
     """
-    if name not in DATASET_NAMES:
-        raise ValueError(f"Unknown dataset {name!r}: choose one of {', '.join(DATASET_NAMES)}.")
-    splits = ("train", "test") if name == "cifar100_lt" else ("train", "val", "test")
-    if split not in splits:
-        raise ValueError(f"{name} has the splits {', '.join(splits)}; got split={split!r}.")
+    spec = dataset_spec(name)
+    if split not in spec.splits:
+        raise ValueError(f"{name} has the splits {', '.join(spec.splits)}; got split={split!r}.")
     if not imbalance_ratio >= 1:
         raise ValueError(f"imbalance_ratio must be >= 1 (1 = balanced; CIFAR-100-LT uses 10, 50 or 100), got "
                          f"{imbalance_ratio!r}.")
-    if name != "cifar100_lt" and imbalance_ratio != 100:
+    if not spec.variable_ratio and imbalance_ratio != 100:
         raise ValueError(f"imbalance_ratio applies to cifar100_lt only; {name} has a fixed split (leave it at 100).")
-    if name == "lab":
-        from .lab import make_world  # lazy: the lab module is only needed by the lab profile
-        dataset = getattr(make_world(seed), split)
-        if transform is not None:
-            dataset = copy.copy(dataset)  # do not change the world's (possibly shared) dataset
-            dataset.transform = transform
-        return dataset
     root = default_data_root() if root is None else Path(root).expanduser()
-    if name == "cifar100_lt":
-        return _load_cifar100_lt(root, split, imbalance_ratio, transform, download, seed)
-    if download:
-        raise ValueError(f"{name} cannot be downloaded automatically (ImageNet and Places365 need a licence "
-                         "agreement); download the images by hand and pass root=, with download=False.")
-    return _load_image_list(name, root, split, transform)
+    return spec.loader(root, split, imbalance_ratio, transform, download, seed)
 
 
 def _cifar100_reader():
     """torchvision's CIFAR-100 reader, checking that the files exist instead of their MD5 sums, so that a tiny
     folder in the same pickle format (the tests fabricate one) loads too. The download still checks its archive."""
-    import torchvision  # lazy: importing torchvision takes a second
 
     class CIFAR100Files(torchvision.datasets.CIFAR100):
         train_list = [["train", None]]
@@ -324,7 +355,6 @@ def places365_classnames() -> list[str]:
 
 def imagenet_classnames() -> list[str]:
     """The 1000 ImageNet classes in label order, with the readable names CLIP's authors curated (open_clip)."""
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES  # lazy: open_clip is slow to import
     return list(IMAGENET_CLASSNAMES)
 
 
@@ -334,7 +364,11 @@ _SPLIT_FILES = {  # dataset -> (file prefix, sub-folder the OLTR/LIFT releases u
 }
 
 
-def _load_image_list(name: str, root: Path, split: str, transform) -> ImageListDataset:
+def _load_image_list(name: str, root: Path, split: str, imbalance_ratio, transform, download: bool,
+                     seed) -> ImageListDataset:
+    if download:
+        raise ValueError(f"{name} cannot be downloaded automatically (ImageNet and Places365 need a licence "
+                         "agreement); download the images by hand and pass root=, with download=False.")
     prefix, sub, classnames = _SPLIT_FILES[name]
     fname = f"{prefix}_{split}.txt"
     candidates = [root / fname, root / sub / fname]
@@ -349,64 +383,31 @@ def _load_image_list(name: str, root: Path, split: str, transform) -> ImageListD
     return ImageListDataset(root, split_file, classnames(), transform)
 
 
+register_dataset("cifar100_lt", _load_cifar100_lt, splits=("train", "test"), variable_ratio=True)
+for _name in _SPLIT_FILES:
+    register_dataset(_name, partial(_load_image_list, _name), splits=("train", "val", "test"))
+
+
 # ---------------------------------------------------------------------------------------------------------------
-# Class groups
-
-def _as_vector(values, what: str) -> torch.Tensor:
-    v = torch.as_tensor(values).detach().cpu().to(torch.float64)
-    if v.dim() != 1 or v.numel() == 0:
-        raise ValueError(f"{what} must be a non-empty 1-D sequence with one value per class, got shape "
-                         f"{tuple(v.shape)}.")
-    if not torch.isfinite(v).all() or (v < 0).any():
-        raise ValueError(f"{what} must be finite and non-negative.")
-    return v
-
-
-def data_groups(class_counts, reference=None) -> torch.Tensor:
-    """D-groups per class: 0 = Many (> 100 training images), 1 = Medium (20..100), 2 = Few (< 20).
-
-    ``reference``: counts that define the groups instead of ``class_counts`` (same length). The peers report
-    CIFAR-100-LT at IR 10 and 50 with the IR-100 grouping (35 / 35 / 30 classes), since at IR 10 no class has fewer
-    than 20 images: ``data_groups(counts, reference=long_tail_counts(100, 500, 100))``, or
-    ``cifar100_lt_groups()``.
-    """
-    counts = _as_vector(class_counts, "class_counts")
-    if reference is not None:
-        ref = _as_vector(reference, "reference")
-        if len(ref) != len(counts):
-            raise ValueError(f"reference has {len(ref)} classes but class_counts has {len(counts)}.")
-        counts = ref
-    groups = torch.ones(len(counts), dtype=torch.long)
-    groups[counts > MANY_ABOVE] = 0
-    groups[counts < FEW_BELOW] = 2
-    return groups
-
+# Groups and subsets of datasets
 
 def cifar100_lt_groups() -> torch.Tensor:
     """The D-groups the peers use for CIFAR-100-LT at every imbalance ratio: those of IR 100 (35 / 35 / 30)."""
     return data_groups(long_tail_counts(100, 500, 100))
 
 
-def prior_groups(prior) -> torch.Tensor:
-    """P-groups per class: 0 = P-Many, 1 = P-Medium, 2 = P-Few, by terciles of the sorted ``prior``.
-
-    The classes are ranked by decreasing prior (ties keep class order: a stable sort) and the ranks cut in three
-    equal parts, the first ones larger by one when C is not a multiple of 3 (100 classes -> 34 / 33 / 33). GLA's
-    code uses equal-size terciles; the paper's own threshold rule is unknown.
-    """
-    p = _as_vector(prior, "prior")
-    if len(p) < 3:
-        raise ValueError(f"prior_groups needs at least 3 classes to form terciles, got {len(p)}.")
-    order = torch.sort(p, descending=True, stable=True).indices
-    rank = torch.empty(len(p), dtype=torch.long)
-    rank[order] = torch.arange(len(p))
-    return rank * 3 // len(p)
-
-
 def balanced_subset(labels, per_class: int, seed: int = 0) -> torch.Tensor:
-    """Indices of ``per_class`` samples of every class, drawn at random (seeded): a smaller balanced held-out set.
+    """Indices of ``per_class`` samples of every class, drawn at random: a smaller balanced held-out set.
 
-    Used to measure how an estimate (e.g. of the pre-training prior) depends on the size of its balanced set.
+    Chapter 2 uses it to measure how the prior estimate depends on the size of its balanced set.
+
+    Args:
+        labels: one label per sample.
+        per_class: samples to keep of every class (at most the smallest class's count).
+        seed: the draw's seed (the same seed gives the same subset).
+
+    Returns:
+        LongTensor of the kept indices, sorted.
     """
     labels = torch.as_tensor(labels).long()
     counts = torch.bincount(labels)
@@ -421,155 +422,6 @@ def balanced_subset(labels, per_class: int, seed: int = 0) -> torch.Tensor:
     starts = torch.cumsum(counts, 0) - counts
     position = torch.arange(len(labels)) - starts[labels[order]]
     return torch.sort(order[position < per_class]).values
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Augmentation
-
-def torchvision_transforms(image_size: int, mean=CLIP_MEAN, std=CLIP_STD, train: bool = True,
-                           scale=(0.08, 1.0)):
-    """The classic per-image pipeline (LIFT's): train = RandomResizedCrop + horizontal flip; test = Resize to
-    ``image_size * 8 // 7`` (256 for 224) + CenterCrop; then float in [0, 1] and normalisation. Takes a PIL image
-    or a uint8 3 x H x W tensor."""
-    from torchvision.transforms import v2  # lazy: importing torchvision takes a second
-    steps = [v2.ToImage()]
-    if train:
-        steps += [v2.RandomResizedCrop(image_size, scale=scale, antialias=True), v2.RandomHorizontalFlip()]
-    else:
-        steps += [v2.Resize(image_size * 8 // 7, antialias=True), v2.CenterCrop(image_size)]
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    return v2.Compose(steps)
-
-
-def _interpolation_matrix(start, length, flip, size, out_size, device) -> torch.Tensor:
-    """B x out_size x size weights that resample the span [start, start + length) of an axis of ``size`` pixels
-    to ``out_size`` pixels (reversed where ``flip``).
-
-    Output pixel j is centred at c = start + (j + 0.5) * length / out_size (pixel p covers [p, p + 1]); its
-    weights are the triangle 1 - |p + 0.5 - c| / support over the pixels inside the image, normalised, with
-    support = max(1, length / out_size). That is bilinear interpolation with edge clamping when enlarging, and
-    torchvision's antialiased bilinear resize when shrinking.
-    """
-    start, length, flip = (t.to(device) for t in (start, length, flip))
-    start, length = start.float()[:, None], length.float()[:, None]
-    step = length / out_size
-    centre = start + (torch.arange(out_size, device=device, dtype=torch.float32) + 0.5) * step
-    centre = torch.where(flip[:, None], 2 * start + length - centre, centre)  # mirror inside the box
-    pixel = torch.arange(size, device=device, dtype=torch.float32) + 0.5
-    support = step.clamp(min=1.0)[:, :, None]
-    weight = (1 - (pixel - centre[:, :, None]).abs() / support).clamp_(min=0)
-    return weight / weight.sum(dim=2, keepdim=True).clamp_(min=1e-12)
-
-
-class TensorAugment:
-    """Batched augmentation on uint8 image batches (B x 3 x H x W), on whatever device the batch lives.
-
-    ``train=True``: a random-resized crop per sample (torchvision's rule: area fraction in ``scale``, aspect ratio
-    in ``ratio``, 10 tries then a center crop), a horizontal flip with probability 1/2, resized to ``out_size``;
-    ``train=False``: resize the short side to ``test_resize`` (default ``out_size * 8 // 7``, i.e. 256 for 224;
-    pass ``test_resize=out_size`` for a plain resize) and center-crop ``out_size``. Both end as normalised
-    float32 (B x 3 x out_size x out_size).
-
-    Crop, flip and resize are separable, so the whole batch is two batched matrix products with per-sample
-    interpolation matrices: no per-sample Python loop, tensor cores on the GPU. The result equals torchvision's
-    bilinear ``Resize`` (antialiased when shrinking) of the same box. Call with ``generator=`` (on the batch's
-    device, as ``lt.train`` does) for reproducible crops.
-    """
-
-    def __init__(self, out_size: int, mean=CLIP_MEAN, std=CLIP_STD, train: bool = True, scale=(0.08, 1.0),
-                 ratio=(3 / 4, 4 / 3), flip: bool = True, test_resize: int | None = None):
-        if int(out_size) != out_size or out_size < 1:
-            raise ValueError(f"out_size must be a positive integer, got {out_size!r}.")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values (RGB) and std > 0, got mean={mean}, std={std}.")
-        if not 0 < scale[0] <= scale[1] <= 1:
-            raise ValueError(f"scale is the (min, max) crop area fraction, 0 < min <= max <= 1; got {scale}.")
-        if not 0 < ratio[0] <= ratio[1]:
-            raise ValueError(f"ratio is the (min, max) crop aspect ratio, 0 < min <= max; got {ratio}.")
-        self.out_size, self.train, self.flip = int(out_size), bool(train), bool(flip)
-        self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
-        self.scale, self.ratio = tuple(map(float, scale)), tuple(map(float, ratio))
-        self.test_resize = int(test_resize) if test_resize is not None else self.out_size * 8 // 7
-        if self.test_resize < self.out_size:
-            raise ValueError(f"test_resize ({self.test_resize}) must be >= out_size ({self.out_size}).")
-
-    def __repr__(self) -> str:
-        mode = f"train, scale={self.scale}, flip={self.flip}" if self.train else f"test, resize={self.test_resize}"
-        return f"TensorAugment({self.out_size}, {mode})"
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        single = images.dim() == 3  # one image, e.g. as an InMemoryDataset transform
-        x = images.unsqueeze(0) if single else images
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"TensorAugment expects B x 3 x H x W (or 3 x H x W), got shape {tuple(images.shape)}.")
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255)
-        elif x.is_floating_point():
-            x = x.float()  # taken as already in [0, 1]
-        else:
-            raise ValueError(f"TensorAugment expects uint8 (or float in [0, 1]) images, got {x.dtype}.")
-        batch, _, height, width = x.shape
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        # Normalise before resampling: the interpolation weights are non-negative and sum to 1, so resampling
-        # commutes with this per-channel affine map, and the input is the smaller tensor (32^2 vs 224^2).
-        x = (x - mean) / std
-        rand_device = generator.device if generator is not None else x.device
-        if self.train:
-            x0, y0, w, h, flip = self._random_boxes(batch, height, width, generator, rand_device)
-        else:
-            x0, y0, w, h = self._center_boxes(batch, height, width, rand_device)
-            flip = torch.zeros(batch, dtype=torch.bool, device=rand_device)
-        # Crop + resize + flip is separable: out = rows @ x @ cols^T, with one (out x H) and one (out x W)
-        # interpolation matrix per sample: two batched matrix products for the whole batch.
-        no_flip = torch.zeros_like(flip)
-        rows = _interpolation_matrix(y0, h, no_flip, height, self.out_size, x.device)
-        cols = _interpolation_matrix(x0, w, flip, width, self.out_size, x.device)
-        out = rows.unsqueeze(1) @ (x @ cols.transpose(1, 2).unsqueeze(1))
-        return out[0] if single else out
-
-    def _random_boxes(self, batch, height, width, generator, device):
-        """torchvision's RandomResizedCrop.get_params for a whole batch: 10 tries per sample, first fit wins."""
-        tries, area = 10, height * width
-        kw = dict(dtype=torch.float64, device=device)
-        target_area = area * torch.empty(batch, tries, **kw).uniform_(*self.scale, generator=generator)
-        log_ratio = torch.empty(batch, tries, **kw).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]),
-                                                              generator=generator)
-        aspect = torch.exp(log_ratio)
-        w = torch.round(torch.sqrt(target_area * aspect))
-        h = torch.round(torch.sqrt(target_area / aspect))
-        fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-        first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of the first fitting try
-        w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
-        # No fit in 10 tries: the whole image, clamped to the aspect-ratio range (torchvision's fallback).
-        in_ratio = width / height
-        if in_ratio < self.ratio[0]:
-            fw, fh = width, round(width / self.ratio[0])
-        elif in_ratio > self.ratio[1]:
-            fw, fh = round(height * self.ratio[1]), height
-        else:
-            fw, fh = width, height
-        any_fit = fits.any(dim=1)
-        w = torch.where(any_fit, w, torch.full_like(w, fw))
-        h = torch.where(any_fit, h, torch.full_like(h, fh))
-        position = torch.rand(batch, 2, generator=generator, **kw)
-        y0 = torch.where(any_fit, torch.floor(position[:, 0] * (height - h + 1)), torch.floor((height - h) / 2))
-        x0 = torch.where(any_fit, torch.floor(position[:, 1] * (width - w + 1)), torch.floor((width - w) / 2))
-        flip = torch.rand(batch, generator=generator, **kw) < 0.5
-        if not self.flip:
-            flip = torch.zeros_like(flip)
-        return x0, y0, w, h, flip
-
-    def _center_boxes(self, batch, height, width, device):
-        """The input box that Resize(test_resize) + CenterCrop(out_size) shows, as torchvision computes them."""
-        short, long = (height, width) if height <= width else (width, height)
-        new_long = int(self.test_resize * long / short)
-        new_h, new_w = (self.test_resize, new_long) if height <= width else (new_long, self.test_resize)
-        top, left = int(round((new_h - self.out_size) / 2.0)), int(round((new_w - self.out_size) / 2.0))
-        fy, fx = new_h / height, new_w / width
-        box = torch.tensor([left / fx, top / fy, self.out_size / fx, self.out_size / fy], dtype=torch.float64,
-                           device=device)
-        return box.expand(batch, 4).unbind(1)  # x0, y0, w, h
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,22 +10,37 @@ drawn as 24x24 RGB images with nuisance (position, scale, rotation, background f
   (20/class) and test (100/class) sets, in a mildly different style (paler backgrounds, more pixel noise).
 
 Everything is deterministic from a seed and vectorised in torch (loops run over the 20 shapes and 9 patterns,
-never over pixels or samples).
+never over pixels or samples). Importing this module registers the dataset ``"lab"`` with ``lt_utils.data`` and
+the five lab foundation models (architecture ``"lab-vit"``) with ``lt_utils.models``.
 """
 from __future__ import annotations
 
+import copy
 import math
-import sys
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer
+from tqdm.auto import tqdm
+
+from .cache import cached
+from .data import InMemoryDataset, long_tail_counts, register_dataset
+from .groups import rank_groups, tercile_sizes
+from .models import FoundationModel, read_safetensors, register_foundation_model, register_model_family
+from .profiles import get_device, hide_progress
 
 IMAGE_SIZE = 24
 NUM_CLASSES = 100
 LAB_MEAN = (0.5, 0.5, 0.5)   # images are normalised with these (the lab's "CLIP mean/std")
 LAB_STD = (0.25, 0.25, 0.25)
+
+# The lt_utils modules whose code makes the world and the pre-trained models (their cache keys hash this source)
+WORLD_MODULES = ("lab", "data", "groups")
+PRETRAIN_MODULES = ("lab", "data", "groups", "profiles")
 
 # The lab foundation model: a tiny open_clip VisionTransformer (16 patch tokens of 6x6 pixels).
 LAB_VIT = dict(image_size=IMAGE_SIZE, patch_size=6, width=64, layers=3, heads=4, mlp_ratio=2.0, output_dim=32)
@@ -43,12 +58,13 @@ _UPSTREAM = {
     "lab-clip-s2": ("lab-clip", 100.0),
 }
 LAB_MODELS = tuple(_UPSTREAM)
+LAB_ARCH = "lab-vit"
 
 # Downstream profile (CIFAR-100-LT) and the D x P cell design: rows D-Many/Medium/Few (35/35/30 classes by rank of
 # the downstream count), columns P-Many/Medium/Few (34/33/33 classes by rank of an upstream prior).
 DOWNSTREAM_N_MAX, DOWNSTREAM_IR, VAL_PER_CLASS, TEST_PER_CLASS = 500, 100, 20, 100
 D_GROUP_SIZES = (35, 35, 30)
-P_GROUP_SIZES = (34, 33, 33)
+P_GROUP_SIZES = tercile_sizes(NUM_CLASSES)  # (34, 33, 33), as lt.prior_groups cuts them
 CELL_SIZES = ((12, 12, 11), (12, 11, 12), (10, 10, 10))
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -287,11 +303,6 @@ def render_images(labels, seed: int = 0, style: str = "downstream", chunk: int =
 # ---------------------------------------------------------------------------------------------------------------
 # Downstream counts, upstream priors (the ground truth) and corpora
 
-def _long_tail_counts(num_classes, n_max, imbalance_ratio):
-    from .data import long_tail_counts
-    return long_tail_counts(num_classes, n_max, imbalance_ratio)
-
-
 def downstream_class_order(seed: int = 0) -> torch.Tensor:
     """``order[r]`` = the class with the r-th largest downstream training count (a seeded permutation)."""
     return torch.randperm(NUM_CLASSES, generator=_generator(seed, "downstream-order"))
@@ -299,30 +310,15 @@ def downstream_class_order(seed: int = 0) -> torch.Tensor:
 
 def downstream_counts(seed: int = 0) -> torch.Tensor:
     """Training images per class: the CIFAR-100-LT profile (n_max 500, IR 100) over a seeded class order."""
-    profile = torch.tensor(_long_tail_counts(NUM_CLASSES, DOWNSTREAM_N_MAX, DOWNSTREAM_IR))
+    profile = torch.tensor(long_tail_counts(NUM_CLASSES, DOWNSTREAM_N_MAX, DOWNSTREAM_IR))
     counts = torch.empty(NUM_CLASSES, dtype=torch.long)
     counts[downstream_class_order(seed)] = profile
     return counts
 
 
-def rank_groups(values: torch.Tensor, sizes=P_GROUP_SIZES) -> torch.Tensor:
-    """0/1/2... by rank of ``values`` (largest first), group g holding ``sizes[g]`` classes (ties: lower index)."""
-    values = torch.as_tensor(values)
-    if sum(sizes) != len(values):
-        raise ValueError(f"Group sizes {tuple(sizes)} must add up to the number of classes ({len(values)}).")
-    order = torch.sort(values, descending=True, stable=True).indices
-    groups = torch.empty(len(values), dtype=torch.long)
-    groups[order] = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
-    return groups
-
-
 def _d_group_of(seed: int) -> torch.Tensor:
     """0/1/2 = D-Many/Medium/Few by rank of the downstream count (35/35/30 classes)."""
-    groups = torch.empty(NUM_CLASSES, dtype=torch.long)
-    bounds = torch.tensor(D_GROUP_SIZES).cumsum(0).tolist()
-    for rank, cls in enumerate(downstream_class_order(seed).tolist()):
-        groups[cls] = sum(rank >= b for b in bounds)
-    return groups
+    return rank_groups(downstream_counts(seed), D_GROUP_SIZES)
 
 
 def _geometric_prior(ratio: float) -> torch.Tensor:
@@ -375,7 +371,6 @@ def upstream_labels(model_name: str, seed: int = 0, corpus_size: int | None = No
 
 def upstream_corpus(model_name: str, seed: int = 0, corpus_size: int | None = None):
     """The pre-training data of one lab model: an in-memory dataset drawn in the upstream style."""
-    from .data import InMemoryDataset
     labels = upstream_labels(model_name, seed, corpus_size)
     images = render_images(labels, seed=zlib.crc32(f"{seed}/{model_name}".encode()), style="upstream")
     return InMemoryDataset(images, labels, list(CLASSNAMES))
@@ -426,11 +421,9 @@ def _split_tensors(seed: int, split: str) -> dict:
 
 def make_world(seed: int = 0) -> World:
     """Build (or load from the cache) the downstream datasets of seed ``seed`` and the true upstream priors."""
-    from .cache import cached
-    from .data import InMemoryDataset
     compute = lambda: {split: _split_tensors(seed, split) for split in ("train", "val", "test")}  # noqa: E731
     tensors = cached("lab_world", dict(seed=int(seed), image_size=IMAGE_SIZE), compute,
-                     depends_on=[sys.modules[__name__]])
+                     depends_on=WORLD_MODULES)
     names = list(CLASSNAMES)
     splits = {k: InMemoryDataset(v["images"], v["targets"], names) for k, v in tensors.items()}
     return World(seed=int(seed), train=splits["train"], val=splits["val"], test=splits["test"], classnames=names,
@@ -443,7 +436,6 @@ def make_world(seed: int = 0) -> World:
 
 def build_vit():
     """A fresh (randomly initialised) lab ViT: open_clip ``VisionTransformer(**LAB_VIT)``."""
-    from open_clip.transformer import VisionTransformer
     return VisionTransformer(**LAB_VIT)
 
 
@@ -469,8 +461,6 @@ def _shift_flip(images: torch.Tensor, max_shift: int, gen: torch.Generator) -> t
 
 
 def _train_model(model_name: str, seed: int, config: dict, device=None, progress: bool = True) -> dict:
-    from tqdm.auto import tqdm
-    from .profiles import get_device, hide_progress
     torch.set_flush_denormal(True)
     device = get_device(device)
     corpus = upstream_corpus(model_name, seed, config["corpus_size"])
@@ -524,12 +514,11 @@ def pretrain(model_name: str, seed: int = 0, device=None, progress: bool = True)
     class_embeddings [100, D] (L2-normalised), classnames, logit_scale, ...)``; the state dict loads into
     ``build_vit()``.
     """
-    from .cache import cached
     _check_model(model_name)
     key = dict(model=model_name, seed=int(seed), vit=dict(LAB_VIT), config=dict(PRETRAIN_CONFIG))
     return cached("lab_pretrain", key,
                   lambda: _train_model(model_name, seed, dict(PRETRAIN_CONFIG), device, progress),
-                  depends_on=[sys.modules[__name__]])
+                  depends_on=PRETRAIN_MODULES)
 
 
 @torch.no_grad()
@@ -556,3 +545,51 @@ def pretrained_vit(model_name: str, seed: int = 0, device=None):
     visual = build_vit()
     visual.load_state_dict(ckpt["state_dict"])
     return visual.eval(), ckpt["class_embeddings"], ckpt["logit_scale"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registration: the lab world as a dataset, the lab ViTs as foundation models
+
+def _load_lab_model(name, tag, pretrained: Optional[Path]) -> FoundationModel:
+    """The loader of the "lab-vit" family: pre-trained here (load-or-train), or from a file written by
+    ``lt_utils.models.save_foundation_model``."""
+    if pretrained is None:
+        out = pretrain(tag)
+        state, class_embeddings = out["state_dict"], out["class_embeddings"]
+        classnames, logit_scale, vit_kwargs = out["classnames"], out["logit_scale"], dict(LAB_VIT)
+        mean, std = out["mean"], out["std"]
+    else:
+        tensors, meta = read_safetensors(pretrained)
+        if meta.get("kind") != "lab":
+            raise ValueError(f"{pretrained} holds a {meta.get('kind')!r} model, not a lab foundation model.")
+        if meta.get("name") != name:  # lab models differ by pre-training only: never mix them up silently
+            raise ValueError(f"{pretrained} holds lab model {meta.get('name')!r}, not {name!r}.")
+        class_embeddings = tensors.pop("class_embeddings")
+        state = tensors
+        classnames, logit_scale, mean, std = meta["classnames"], meta["logit_scale"], meta["mean"], meta["std"]
+        vit_kwargs = meta.get("vit_kwargs") or dict(LAB_VIT)
+    visual = VisionTransformer(**vit_kwargs)
+    state = {k.removeprefix("visual."): v for k, v in state.items()}
+    try:
+        visual.load_state_dict(state)
+    except RuntimeError as err:
+        raise RuntimeError(f"The weights of {name!r} do not fit the lab ViT {vit_kwargs}: {err}") from err
+    model = FoundationModel(name, LAB_ARCH, visual, class_embeddings=class_embeddings, classnames=classnames,
+                            logit_scale=logit_scale, mean=mean, std=std)
+    model.vit_kwargs = vit_kwargs
+    return model
+
+
+def _load_split(root, split, imbalance_ratio, transform, download, seed):
+    """``lt.load_dataset("lab", split=...)``: one split of ``make_world(seed)`` (root and download unused)."""
+    dataset = getattr(make_world(seed), split)
+    if transform is not None:
+        dataset = copy.copy(dataset)  # do not change the world's (possibly shared) dataset
+        dataset.transform = transform
+    return dataset
+
+
+register_dataset("lab", _load_split, splits=("train", "val", "test"), modules=WORLD_MODULES)
+register_model_family(LAB_ARCH, _load_lab_model, modules=PRETRAIN_MODULES)
+for _name in LAB_MODELS:
+    register_foundation_model(_name, LAB_ARCH, _name, builtin=True)

@@ -67,7 +67,18 @@ def _check_logits(logits: torch.Tensor, targets: torch.Tensor) -> None:
 
 
 def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy, computed in float32."""
+    """Mean cross-entropy, computed in float32.
+
+    The plain fine-tuning loss (``"ce"``), the baseline that the adjusted losses are compared with; taught in
+    chapter 1.
+
+    Args:
+        logits: the model's outputs, a (batch, num_classes) tensor.
+        targets: the true class indices, a 1-D tensor with one entry per row of ``logits``.
+
+    Returns:
+        The mean cross-entropy over the batch, a float32 scalar tensor.
+    """
     _check_logits(logits, targets)
     return F.cross_entropy(logits.float(), targets)
 
@@ -83,8 +94,16 @@ def adjusted_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, offset: 
 def logit_adjusted_loss(logits, targets, class_prior, tau: float = 1.0) -> torch.Tensor:
     """Logit-adjusted loss (Menon et al. 2021): ``CE(logits + tau * log P_D, y)``.
 
-    ``class_prior``: the training set's class counts or probabilities (normalised here).  At test time one
-    predicts with the raw logits.
+    Only training is adjusted: at test time one predicts with the raw logits.  Taught in chapter 1.
+
+    Args:
+        logits: the model's outputs, a (batch, num_classes) tensor.
+        targets: the true class indices, a 1-D tensor with one entry per row of ``logits``.
+        class_prior: the training set's class counts or probabilities P_D, one per class (normalised here).
+        tau: the scale of the log-prior offset ``tau * log P_D``.
+
+    Returns:
+        The mean adjusted cross-entropy over the batch, a float32 scalar tensor.
     """
     offset = tau * log_prior(class_prior, logits.shape[-1], "class_prior")
     return adjusted_cross_entropy(logits, targets, offset)
@@ -102,8 +121,17 @@ def balanced_softmax_loss(logits, targets, class_counts) -> torch.Tensor:
 def gla_train_loss(logits, targets, data_prior, pretrain_prior, tau: float = 1.0) -> torch.Tensor:
     """GLA-Train (the paper's Tab. 3): ``CE(logits + tau * log P_D + log P^_P, y)``.
 
-    ``data_prior`` is the downstream label prior P_D (counts or probabilities), ``pretrain_prior`` the estimated
-    pre-training prior P^_P (``lt.estimate_prior``).
+    Used in chapter 3 and its exercises.
+
+    Args:
+        logits: the model's outputs, a (batch, num_classes) tensor.
+        targets: the true class indices, a 1-D tensor with one entry per row of ``logits``.
+        data_prior: the downstream label prior P_D (counts or probabilities), one entry per class.
+        pretrain_prior: the estimated pre-training prior P^_P (``lt.estimate_prior``), one entry per class.
+        tau: the scale of the ``log P_D`` term (the ``log P^_P`` term is not scaled).
+
+    Returns:
+        The mean adjusted cross-entropy over the batch, a float32 scalar tensor.
     """
     num_classes = logits.shape[-1]
     offset = tau * log_prior(data_prior, num_classes, "data_prior") \

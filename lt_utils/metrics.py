@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .augment import preprocessing
+from .groups import GROUP_NAMES
 from .profiles import hide_progress
 
 
@@ -22,27 +24,6 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     for b in model.buffers():
         return b.device
     return torch.device("cpu")
-
-
-def _find_attr(model, name):
-    """``model.name`` or ``model.backbone.name`` (a Classifier keeps preprocessing facts on its backbone)."""
-    for owner in (model, getattr(model, "backbone", None)):
-        if owner is not None and getattr(owner, name, None) is not None:
-            return getattr(owner, name)
-    return None
-
-
-def _default_tensor_transform(model):
-    """The model's test-time preprocessing for uint8 batches, from its ``image_size``/``mean``/``std``."""
-    image_size, mean, std = (_find_attr(model, k) for k in ("image_size", "mean", "std"))
-    if image_size is None or mean is None or std is None:
-        raise ValueError("The dataset holds uint8 images but no transform was given and the model has no "
-                         "image_size/mean/std; pass transform=lt.TensorAugment(size, mean, std, train=False).")
-    from .data import TensorAugment  # lazy: data.py imports nothing from here
-
-    if not isinstance(image_size, int):  # open_clip keeps (H, W)
-        image_size = int(tuple(image_size)[0])
-    return TensorAugment(image_size, mean, std, train=False, test_resize=image_size)
 
 
 def _logits_and_features(model, x, with_features: bool):
@@ -86,7 +67,7 @@ def predict(model: torch.nn.Module, dataset, device=None, batch_size: int = 256,
         if len(images) == 0:
             raise ValueError("The dataset is empty.")
         if transform is None and images.dtype == torch.uint8:
-            transform = _default_tensor_transform(model)
+            transform = preprocessing(model, train=False)
         batches = ((images[i:i + batch_size], None) for i in range(0, len(images), batch_size))
         num_batches = -(-len(images) // batch_size)
     else:
@@ -152,7 +133,17 @@ def per_class_accuracy(logits_or_preds, labels, num_classes: int | None = None) 
 
 
 def accuracy(logits_or_preds, labels) -> float:
-    """Overall top-1 accuracy (%) over samples (equals the mean per-class accuracy on a balanced test set)."""
+    """Overall top-1 accuracy (%) over samples (equals the mean per-class accuracy on a balanced test set).
+
+    Used throughout the book: in every chapter and in the exercises.
+
+    Args:
+        logits_or_preds: logits/scores (N x C, argmaxed) or integer predictions (N).
+        labels: the true class indices (N).
+
+    Returns:
+        The accuracy in percent, a float in [0, 100].
+    """
     preds = _predictions(logits_or_preds).cpu()
     labels = torch.as_tensor(labels).long().cpu()
     if preds.shape != labels.shape or len(labels) == 0:
@@ -196,8 +187,21 @@ def group_matrix(per_class, d_groups, p_groups, num_groups: int = 3, return_coun
 
 
 def accuracy_report(logits, labels, d_groups=None, p_groups=None, num_classes: int | None = None) -> dict:
-    """Everything a chapter tabulates, in percent: ``overall``, ``mean_per_class``, ``per_class``, ``d_group`` /
-    ``p_group`` (3 values, when the groups are given) and ``matrix`` / ``matrix_counts`` (when both are)."""
+    """Everything a chapter tabulates about one model's predictions, in percent.
+
+    Used in chapters 1-5.
+
+    Args:
+        logits: logits/scores (N x C, argmaxed) or integer predictions (N).
+        labels: the true class indices (N).
+        d_groups: one data-group index per class (e.g. ``lt.data_groups``), or None.
+        p_groups: one prior-group index per class (e.g. ``lt.prior_groups``), or None.
+        num_classes: the number of classes (default: the logits' width, else max label + 1).
+
+    Returns:
+        A dict with ``overall``, ``mean_per_class``, ``per_class``, ``d_group`` / ``p_group`` (3 values, when the
+        groups are given) and ``matrix`` / ``matrix_counts`` (when both are).
+    """
     per_class = per_class_accuracy(logits, labels, num_classes)
     report = dict(overall=accuracy(logits, labels), mean_per_class=per_class.nanmean().item(), per_class=per_class)
     if d_groups is not None:
@@ -219,6 +223,20 @@ def knn_predict(bank_feats, bank_labels, query_feats, k: int = 200, t: float = 0
     ``scores.argmax(1)`` (``per_class_accuracy`` accepts the scores directly).  Queries are processed ``chunk``
     at a time, so only a chunk x bank similarity block is in memory.  Runs on the bank features' device.  A query
     that is also in the bank finds itself: use disjoint bank and query sets.
+
+    Used in chapter 3.
+
+    Args:
+        bank_feats: the labelled bank's features (N_bank x D).
+        bank_labels: the bank's class indices (N_bank).
+        query_feats: the features to classify (N_query x D).
+        k: the number of neighbours per query (clipped to the bank size).
+        t: the temperature of the ``exp(sim / t)`` weights.
+        num_classes: the number of classes C (default: max bank label + 1).
+        chunk: the number of queries processed at a time.
+
+    Returns:
+        The class scores, a float32 CPU tensor of shape N_query x C.
     """
     bank = torch.as_tensor(bank_feats)
     query = torch.as_tensor(query_feats)
@@ -255,13 +273,22 @@ def knn_accuracy(bank_feats, bank_labels, query_feats, query_labels, k: int = 20
 
 
 def report_row(report: dict, **extra) -> dict:
-    """One flat table row of an ``accuracy_report`` (floats, percent): overall, D-/P-group accuracies and the
-    Many-minus-Few gaps; ``extra`` (e.g. ``model=..., method=...``) comes first."""
+    """One flat table row of an ``accuracy_report`` (floats, percent).
+
+    Used in chapters 1-5 to build the results tables.
+
+    Args:
+        report: an ``accuracy_report`` dict.
+        **extra: columns to put first, e.g. ``model=..., method=...``.
+
+    Returns:
+        A flat dict: ``extra`` first, then overall, the D-/P-group accuracies and the Many-minus-Few gaps.
+    """
     row = dict(extra)
     row["overall"] = float(report["overall"])
     for prefix, key in (("D", "d_group"), ("P", "p_group")):
         if key in report:
             values = [float(v) for v in report[key]]
-            row.update({f"{prefix}-{g}": v for g, v in zip(("Many", "Medium", "Few"), values)})
+            row.update({f"{prefix}-{g}": v for g, v in zip(GROUP_NAMES, values)})
             row[f"{prefix}-gap"] = values[0] - values[2]
     return row

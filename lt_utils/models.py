@@ -11,10 +11,8 @@ feature, 768-d for ViT-B/16, as in LIFT) and keeps the projection as the buffer 
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import tempfile
 from copy import deepcopy
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -29,11 +27,9 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cache import atomic_write
 from .peft import apply_peft
 from .profiles import get_device, hide_progress
-
-LAB_ARCH = "lab-vit"
-LAB_MODEL_NAMES = ("lab-clip", "lab-openclip", "lab-metaclip", "lab-clip-s1", "lab-clip-s2")
 
 # name -> (open_clip architecture, pretrained tag). OpenAI's CLIP and MetaCLIP were trained with QuickGELU, so
 # they use the "-quickgelu" architectures; open_clip 3.x would otherwise build ViT-B-16 with GELU on OpenAI's
@@ -42,8 +38,7 @@ FOUNDATION_MODELS = {
     "clip": ("ViT-B-16-quickgelu", "openai"),
     "openclip": ("ViT-B-16", "laion2b_s34b_b88k"),
     "metaclip": ("ViT-B-16-quickgelu", "metaclip_400m"),
-    **{name: (LAB_ARCH, name) for name in LAB_MODEL_NAMES},
-}
+}  # lt_utils.lab adds its five lab models
 _BUILTIN_MODELS = dict(FOUNDATION_MODELS)
 
 SINGLE_TEMPLATE = "a photo of a {}."
@@ -53,22 +48,53 @@ _FILE_KEY = "lt_utils"  # the safetensors metadata entry holding our JSON
 
 # --- the zoo -----------------------------------------------------------------------------------------------------
 _LOCAL_WEIGHTS: dict = {}  # name -> local weights file given at registration (used when pretrained=None)
+# arch -> (loader(name, tag, pretrained: Path | None) -> FoundationModel, the lt_utils modules whose code it runs)
+# for architectures that are not open_clip's (lt_utils.lab registers "lab-vit")
+_FAMILIES: dict = {}
+
+
+def register_model_family(arch: str, loader, modules: Sequence[str]) -> None:
+    """Let ``load_foundation_model`` build architecture ``arch`` with ``loader(name, tag, pretrained)``, where
+    ``pretrained`` is a local file or None (the zoo's weights). ``modules``: the lt_utils modules whose code the
+    loader runs, pre-training included (part of the cache keys of results computed with these models)."""
+    _FAMILIES[arch] = (loader, tuple(modules))
+
+
+def model_modules(name: str) -> tuple[str, ...]:
+    """The lt_utils modules whose code builds foundation model ``name`` (``("models",)`` for open_clip models)."""
+    if name not in FOUNDATION_MODELS:
+        raise ValueError(f"Unknown foundation model {name!r}; choose one of {', '.join(FOUNDATION_MODELS)}.")
+    family = _FAMILIES.get(FOUNDATION_MODELS[name][0])
+    return family[1] if family else ("models",)
 
 
 def register_foundation_model(name: str, arch: str, tag: Optional[str] = None,
-                              weights: Union[str, os.PathLike, None] = None) -> None:
-    """Add ``name -> (arch, tag)`` to ``FOUNDATION_MODELS``: ``arch`` an open_clip architecture (register your
-    own config first with ``open_clip.add_model_config``) or ``"lab-vit"``; ``tag`` an open_clip pretrained tag,
-    or ``None`` when the weights come from a local file: ``weights=<file>`` here (then every ``fine_tune`` /
-    ``zero_shot`` call finds them, e.g. weights copied to a Drive folder) or ``pretrained=<file>`` per call."""
+                              weights: Union[str, os.PathLike, None] = None, *, builtin: bool = False) -> None:
+    """Add ``name -> (arch, tag)`` to ``FOUNDATION_MODELS``, e.g. to fine-tune another CLIP (chapter 4's
+    exercises).
+
+    Args:
+        name: the new model's name (not one of the built-in models).
+        arch: an open_clip architecture (register your own config first with ``open_clip.add_model_config``)
+            or a registered family such as ``"lab-vit"``.
+        tag: an open_clip pretrained tag, or None when the weights come from a local file.
+        weights: a local weights file; then every ``fine_tune`` / ``zero_shot`` call finds them (e.g. weights
+            copied to a Drive folder). ``load_foundation_model(name, pretrained=<file>)`` works per call too.
+        builtin: for lt_utils' own zoo (the lab registers its models so): the name cannot be taken later.
+
+    Returns:
+        None.
+    """
     if name in _BUILTIN_MODELS and _BUILTIN_MODELS[name] != (arch, tag):
         raise ValueError(f"{name!r} is a built-in foundation model ({_BUILTIN_MODELS[name]}); pick another name.")
-    if arch != LAB_ARCH and arch not in open_clip.list_models():
+    if arch not in _FAMILIES and arch not in open_clip.list_models():
         raise ValueError(
             f"open_clip knows no architecture {arch!r}. Add its JSON config with open_clip.add_model_config(path) "
             "first, or use one of open_clip.list_models()."
         )
     FOUNDATION_MODELS[name] = (arch, tag)
+    if builtin:
+        _BUILTIN_MODELS[name] = (arch, tag)
     if weights is not None:
         _LOCAL_WEIGHTS[name] = Path(weights).expanduser()
     else:
@@ -96,7 +122,7 @@ def load_foundation_model(name: str, pretrained: Union[str, os.PathLike, None] =
     """Load foundation model ``name`` (a key of ``FOUNDATION_MODELS``), frozen, in eval mode.
 
     ``pretrained=None`` uses the zoo's weights: the open_clip tag (downloaded once, to open_clip's cache) or, for
-    lab models, ``lt_utils.lab.pretrain(name)`` (load-or-train). ``pretrained=<file>`` loads local weights
+    lab models, their pre-training by ``lt_utils.lab`` (load-or-train). ``pretrained=<file>`` loads local weights
     instead: an open_clip checkpoint of that architecture, or a file written by ``save_foundation_model``.
     ``device=None`` picks the accelerator when there is one.
     """
@@ -112,8 +138,8 @@ def load_foundation_model(name: str, pretrained: Union[str, os.PathLike, None] =
                 f"No checkpoint file at {pretrained} for {name!r}. Pass the path of a local weights file, or "
                 "pretrained=None to use the zoo's weights."
             )
-    if arch == LAB_ARCH:
-        model = _load_lab_model(name, tag, pretrained)
+    if arch in _FAMILIES:
+        model = _FAMILIES[arch][0](name, tag, pretrained)
     else:
         model = _load_open_clip_model(name, arch, tag, pretrained)
     return model.to(get_device(device)).eval()
@@ -155,7 +181,7 @@ def _lt_metadata(path: Path) -> Optional[dict]:
     return json.loads(raw) if raw else None
 
 
-def _read_safetensors(path: Path) -> tuple[dict, dict]:
+def read_safetensors(path: Path) -> tuple[dict, dict]:
     """Tensors and our JSON metadata of a safetensors file; a clear error when it is not one of ours."""
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -169,36 +195,6 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     if _FILE_KEY not in header:
         raise RuntimeError(f"{path} was not written by lt_utils (its metadata lacks {_FILE_KEY!r}).")
     return tensors, json.loads(header[_FILE_KEY])
-
-
-def _load_lab_model(name, tag, pretrained: Optional[Path]) -> "FoundationModel":
-    if pretrained is None:
-        lab = importlib.import_module("lt_utils.lab")  # lazy: the lab world is only needed for lab models
-        out = lab.pretrain(tag)
-        state, class_embeddings = out["state_dict"], out["class_embeddings"]
-        classnames, logit_scale, vit_kwargs = out["classnames"], out["logit_scale"], dict(lab.LAB_VIT)
-        mean = out.get("mean") or getattr(lab, "LAB_MEAN", (0.5, 0.5, 0.5))
-        std = out.get("std") or getattr(lab, "LAB_STD", (0.5, 0.5, 0.5))
-    else:
-        tensors, meta = _read_safetensors(pretrained)
-        if meta.get("kind") != "lab":
-            raise ValueError(f"{pretrained} holds a {meta.get('kind')!r} model, not a lab foundation model.")
-        if meta.get("name") != name:  # lab models differ by pre-training only: never mix them up silently
-            raise ValueError(f"{pretrained} holds lab model {meta.get('name')!r}, not {name!r}.")
-        class_embeddings = tensors.pop("class_embeddings")
-        state = tensors
-        classnames, logit_scale, mean, std = meta["classnames"], meta["logit_scale"], meta["mean"], meta["std"]
-        vit_kwargs = meta.get("vit_kwargs") or dict(importlib.import_module("lt_utils.lab").LAB_VIT)
-    visual = VisionTransformer(**vit_kwargs)
-    state = {k.removeprefix("visual."): v for k, v in state.items()}
-    try:
-        visual.load_state_dict(state)
-    except RuntimeError as err:
-        raise RuntimeError(f"The weights of {name!r} do not fit the lab ViT {vit_kwargs}: {err}") from err
-    model = FoundationModel(name, LAB_ARCH, visual, class_embeddings=class_embeddings, classnames=classnames,
-                            logit_scale=logit_scale, mean=mean, std=std)
-    model.vit_kwargs = vit_kwargs
-    return model
 
 
 # --- the foundation model ----------------------------------------------------------------------------------------
@@ -431,16 +427,8 @@ def _atomic_save_safetensors(tensors: dict, path: Path, meta: dict) -> Path:
         text = json.dumps(meta)
     except TypeError as err:
         raise ValueError(f"Checkpoint metadata must be JSON-able (numbers, strings, lists, dicts): {err}") from err
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata={_FILE_KEY: text})
-        os.replace(tmp, path)  # a reader never sees half a file
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={_FILE_KEY: text}))
 
 
 def save_checkpoint(path: Union[str, os.PathLike], module: nn.Module, meta: Optional[dict] = None) -> Path:
@@ -469,7 +457,7 @@ def load_checkpoint(path: Union[str, os.PathLike], module: nn.Module) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}.")
-    tensors, info = _read_safetensors(path)
+    tensors, info = read_safetensors(path)
     if info.get("kind") != "checkpoint":
         raise ValueError(f"{path} holds a {info.get('kind')!r} file, not a save_checkpoint checkpoint.")
     saved, expected = info.get("meta", {}), getattr(module, "meta", {})
@@ -512,7 +500,7 @@ def save_foundation_model(path: Union[str, os.PathLike], model: FoundationModel)
         try:
             json.dumps(vit_kwargs)
         except TypeError:
-            vit_kwargs = None  # not JSON-able: the loader falls back to lt_utils.lab.LAB_VIT
+            vit_kwargs = None  # not JSON-able: the lab's loader falls back to its LAB_VIT
         meta = dict(kind="lab", name=model.name, classnames=model.classnames, logit_scale=model.logit_scale,
                     mean=model.mean, std=model.std, vit_kwargs=vit_kwargs)
     else:
@@ -521,49 +509,3 @@ def save_foundation_model(path: Union[str, os.PathLike], model: FoundationModel)
         tensors.update(model.text_model.state_dict())
         meta = dict(kind="open_clip", name=model.name, arch=model.arch)
     return _atomic_save_safetensors(tensors, path, meta)
-
-
-# --- where a model looks -----------------------------------------------------------------------------------------
-def grad_cam(classifier: Classifier, images: torch.Tensor, targets=None, transform=None) -> torch.Tensor:
-    """Grad-CAM maps (N x g x g in [0, 1]) of a ViT ``classifier`` on the patch tokens that enter its last block.
-
-    The last block's own patch outputs do not reach the class token, so (as is usual for ViTs) the maps use the
-    tokens *entering* that block: weights = gradient of the target logit averaged over tokens, map = ReLU of the
-    weighted sum of channels. ``images`` are uint8 (preprocessed with the classifier's test transform unless
-    ``transform`` is given) or already normalised floats; ``targets`` default to the predicted classes."""
-    blocks = classifier.backbone.transformer.resblocks
-    device = next(classifier.parameters()).device
-    x = images.to(device)
-    if x.dtype == torch.uint8:
-        if transform is None:
-            from .data import TensorAugment  # lazy, as elsewhere
-            transform = TensorAugment(classifier.image_size, classifier.mean, classifier.std, train=False,
-                                      test_resize=classifier.image_size)
-        x = transform(x)
-    captured = {}
-
-    def keep_input(module, args):
-        captured["tokens"] = args[0]
-
-    was_training = classifier.training
-    classifier.eval()
-    handle = blocks[-1].register_forward_pre_hook(keep_input)
-    try:
-        with torch.enable_grad():
-            x = x.float().requires_grad_(True)  # builds the graph through the frozen backbone
-            logits = classifier(x)
-            if targets is None:
-                targets = logits.argmax(1)
-            targets = torch.as_tensor(targets, device=device).long()
-            score = logits.gather(1, targets[:, None]).sum()
-            # autograd.grad, not backward(): the classifier's trainable parameters get no stray .grad
-            grads = torch.autograd.grad(score, captured["tokens"])[0]
-    finally:
-        handle.remove()
-        classifier.train(was_training)
-    tokens, grads = captured["tokens"][:, 1:].detach(), grads[:, 1:]  # drop the class token
-    cams = torch.relu((tokens * grads.mean(1, keepdim=True)).sum(-1))
-    side = int(round(cams.shape[1] ** 0.5))
-    cams = cams.reshape(len(cams), side, side)
-    peak = cams.flatten(1).max(1).values.clamp_min(1e-12)
-    return (cams / peak[:, None, None]).cpu()

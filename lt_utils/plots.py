@@ -11,15 +11,20 @@ import numpy as np
 import seaborn as sns
 import torch
 
+from .groups import D_FEW_BELOW, D_MANY_ABOVE, GROUP_NAMES, data_groups
 from .prior import rank_correlation
 
-_GROUP_NAMES = ("Many", "Medium", "Few")
 GROUP_COLORS = ("#4C72B0", "#DD8452", "#C44E52")  # Many, Medium, Few: the same in every figure
-D_THRESHOLDS = (20, 100)  # D-Few < 20 <= D-Medium <= 100 < D-Many (OLTR convention)
+D_THRESHOLDS = (D_FEW_BELOW, D_MANY_ABOVE)  # the lines drawn on a long-tail plot
 
 
 def set_style() -> None:
-    """The one style of the book: seaborn whitegrid, notebook context, the colour-blind palette."""
+    """The one style of the book: seaborn whitegrid, notebook context, the colour-blind palette.
+
+    Called at the top of every chapter.
+
+    Returns:
+        None."""
     sns.set_theme(style="whitegrid", context="notebook", palette="colorblind",
                   rc={"figure.dpi": 100, "savefig.dpi": 150, "axes.titlesize": "medium", "figure.autolayout": True})
 
@@ -42,15 +47,28 @@ def _group_legend(ax, group_names, used) -> None:
 
 
 def plot_long_tail(class_counts, ax=None, log: bool = True, groups=None, thresholds=D_THRESHOLDS,
-                   group_names=_GROUP_NAMES, title: str | None = None):
-    """Class counts sorted from head to tail as bars (log y by default), coloured by group (``groups``: one
-    index per class; default: the D-groups implied by ``thresholds``), with the thresholds drawn as lines."""
+                   group_names=GROUP_NAMES, title: str | None = None):
+    """Class counts sorted from head to tail as bars (log y by default), coloured by group.
+
+    Taught in chapter 1.
+
+    Args:
+        class_counts: the training images per class, a 1-D sequence.
+        ax: the matplotlib axes to draw on (a new figure when None).
+        log: whether to use a log y axis.
+        groups: one group index per class (default: ``lt.data_groups(class_counts)``).
+        thresholds: counts drawn as dashed lines (default: the data-group boundaries); None for none.
+        group_names: the legend's name of each group.
+        title: the axes' title, if any.
+
+    Returns:
+        The axes."""
     ax = _axes(ax, (7, 3.5))
     counts = _numpy(class_counts)
     if counts.ndim != 1 or counts.size == 0:
         raise ValueError(f"class_counts must be a non-empty 1-D sequence, got shape {counts.shape}.")
-    if groups is None:  # D-groups: Many > 100, Medium 20..100, Few < 20
-        groups = np.where(counts > thresholds[1], 0, np.where(counts >= thresholds[0], 1, 2))
+    if groups is None:
+        groups = data_groups(counts)
     groups = _numpy(groups, np.int64)
     if groups.shape != counts.shape:
         raise ValueError(f"groups needs one entry per class ({counts.size}), got {groups.size}.")
@@ -70,10 +88,23 @@ def plot_long_tail(class_counts, ax=None, log: bool = True, groups=None, thresho
     return ax
 
 
-def plot_group_bars(results: dict, group_names=_GROUP_NAMES, ax=None, ylabel: str = "accuracy (%)",
+def plot_group_bars(results: dict, group_names=GROUP_NAMES, ax=None, ylabel: str = "accuracy (%)",
                     title: str | None = None, annotate: bool = False):
-    """Grouped bars: one cluster per group, one bar per method.  ``results``: name -> 3 values, or
-    seeds x 3 values (then the bar is the mean and the error bar the standard deviation over seeds)."""
+    """Grouped bars: one cluster per group, one bar per method.
+
+    A method given seeds x 3 values gets the mean as its bar and the standard deviation over seeds as its error
+    bar.  Used in chapters 1-4.
+
+    Args:
+        results: method name -> 3 group values, or seeds x 3 values.
+        group_names: the groups' names, one cluster each.
+        ax: the matplotlib axes to draw on (a new figure when None).
+        ylabel: the y axis label.
+        title: the axes' title, if any.
+        annotate: whether to write each bar's value above it.
+
+    Returns:
+        The axes."""
     ax = _axes(ax, (7, 3.5))
     if not results:
         raise ValueError("results is empty: pass {method name: [3 group accuracies] or [seeds x 3]}.")
@@ -107,11 +138,30 @@ def plot_group_bars(results: dict, group_names=_GROUP_NAMES, ax=None, ylabel: st
 
 def plot_group_matrix(matrix, ax=None, title: str | None = None, row_label: str = "D-group",
                       col_label: str = "P-group", vmin=None, vmax=None, annotate: bool = True, counts=None,
-                      group_names=_GROUP_NAMES, cmap: str = "viridis", fmt: str = ".1f", center=None,
+                      group_names=GROUP_NAMES, cmap: str = "viridis", fmt: str = ".1f", center=None,
                       colorbar_label: str = "accuracy (%)"):
-    """The 3x3 (D-group x P-group) accuracy heatmap with the numbers written in the cells; NaN cells (no class)
-    are left blank.  ``counts`` (same shape) adds the number of classes per cell to each label; ``center`` (e.g. 0
-    with a diverging ``cmap``) suits a matrix of differences."""
+    """The 3x3 (D-group x P-group) accuracy heatmap with the numbers written in the cells.
+
+    NaN cells (no class) are left blank.  Used in chapters 2 and 4.
+
+    Args:
+        matrix: the matrix to draw (rows: D-groups, columns: P-groups), e.g. ``accuracy_report(...)["matrix"]``.
+        ax: the matplotlib axes to draw on (a new figure when None).
+        title: the axes' title, if any.
+        row_label: the rows' axis label (its first letter prefixes the row names, e.g. ``D-Many``).
+        col_label: the columns' axis label (its first letter prefixes the column names).
+        vmin: the lower end of the colour scale (default: from the data).
+        vmax: the upper end of the colour scale (default: from the data).
+        annotate: whether to write the numbers in the cells.
+        counts: the number of classes per cell (same shape), added to each label.
+        group_names: the groups' names.
+        cmap: the colour map.
+        fmt: the format of the numbers in the cells.
+        center: the value at the colour map's centre (e.g. 0 with a diverging ``cmap``: a matrix of differences).
+        colorbar_label: the colour bar's label.
+
+    Returns:
+        The axes."""
     ax = _axes(ax, (4.5, 3.8))
     values = _numpy(matrix)
     if values.ndim != 2:
@@ -139,10 +189,23 @@ def plot_group_matrix(matrix, ax=None, title: str | None = None, row_label: str 
     return ax
 
 
-def plot_prior_scatter(true_prior, est_prior, ax=None, groups=None, group_names=_GROUP_NAMES,
+def plot_prior_scatter(true_prior, est_prior, ax=None, groups=None, group_names=GROUP_NAMES,
                        title: str | None = None):
-    """Estimated vs true prior per class on log-log axes with the identity line; the Spearman rank correlation
-    is in the title.  Both priors are normalised to sum to 1 first."""
+    """Estimated vs true prior per class on log-log axes with the identity line.
+
+    The Spearman rank correlation is in the title.  Both priors are normalised to sum to 1 first.  Used in
+    chapter 2.
+
+    Args:
+        true_prior: the true prior, one positive entry per class.
+        est_prior: the estimated prior, one positive entry per class.
+        ax: the matplotlib axes to draw on (a new figure when None).
+        groups: one group index per class to colour the dots by, or None.
+        group_names: the legend's name of each group.
+        title: a title line above the Spearman rank correlation, if any.
+
+    Returns:
+        The axes."""
     ax = _axes(ax, (4.5, 4.5))
     true_p, est_p = _numpy(true_prior), _numpy(est_prior)
     if true_p.shape != est_p.shape or true_p.ndim != 1:
@@ -171,10 +234,26 @@ def plot_prior_scatter(true_prior, est_prior, ax=None, groups=None, group_names=
     return ax
 
 
-def plot_per_class_vs_prior(per_class_acc, prior, ax=None, groups=None, group_names=_GROUP_NAMES,
+def plot_per_class_vs_prior(per_class_acc, prior, ax=None, groups=None, group_names=GROUP_NAMES,
                             xlabel: str = "prior", title: str | None = None, bins: int = 10):
-    """Per-class accuracy (%) against a prior (log x), one dot per class (coloured by ``groups``), with the mean
-    accuracy in ``bins`` equal-size bins of the prior as a line.  NaN accuracies are skipped."""
+    """Per-class accuracy (%) against a prior (log x), one dot per class.
+
+    The mean accuracy in ``bins`` equal-size bins of the prior is drawn as a line (with at least 2 x ``bins``
+    classes); the Spearman rank correlation is in the title.  NaN accuracies (and classes with a prior <= 0) are
+    skipped.  For the exercises of chapter 2.
+
+    Args:
+        per_class_acc: the accuracy (%) of each class.
+        prior: a prior, one entry per class.
+        ax: the matplotlib axes to draw on (a new figure when None).
+        groups: one group index per class to colour the dots by, or None.
+        group_names: the legend's name of each group.
+        xlabel: the x axis label.
+        title: a title line above the Spearman rank correlation, if any.
+        bins: the number of bins of the trend line.
+
+    Returns:
+        The axes."""
     ax = _axes(ax, (6, 4))
     acc, p = _numpy(per_class_acc), _numpy(prior)
     if acc.shape != p.shape or acc.ndim != 1:
@@ -204,9 +283,25 @@ def plot_per_class_vs_prior(per_class_acc, prior, ax=None, groups=None, group_na
 
 def show_images(images, labels=None, classnames=None, nrow: int = 8, ax=None, mean=None, std=None,
                 max_images: int = 64, min_cell: int = 64, pad: int = 2):
-    """A grid of images (N x C x H x W uint8, or float: in [0, 1], or normalised when ``mean``/``std`` are
-    given; C = 1 or 3) with optional captions (``classnames[label]`` or the label).  Small images are enlarged
-    by an integer factor with nearest-neighbour pixels (to >= ``min_cell`` px) so 16-24 px glyphs stay crisp."""
+    """A grid of images with optional captions (``classnames[label]`` or the label).
+
+    Small images are enlarged by an integer factor with nearest-neighbour pixels (to >= ``min_cell`` px) so
+    16-24 px glyphs stay crisp.  Used in chapters 1 and 4.
+
+    Args:
+        images: N x C x H x W uint8, or float: in [0, 1], or normalised when ``mean``/``std`` are given; C = 1 or 3.
+        labels: one class index per image for the captions, or None.
+        classnames: the class names to caption with (default: the label itself).
+        nrow: the number of images per row.
+        ax: the matplotlib axes to draw on (a new figure when None).
+        mean: the per-channel mean that normalised float images.
+        std: the per-channel standard deviation that normalised float images.
+        max_images: only the first ``max_images`` images are shown.
+        min_cell: the minimum size of a cell in pixels.
+        pad: the padding between cells in pixels.
+
+    Returns:
+        The axes."""
     x = torch.as_tensor(images).detach().cpu()
     if x.ndim == 3:
         x = x[:, None]
@@ -245,10 +340,19 @@ def show_images(images, labels=None, classnames=None, nrow: int = 8, ax=None, me
 
 
 def glue(name: str, value, display: bool = False):
-    """Make ``value`` available to the book's prose as ``{glue:text}`name```` (myst-nb); a no-op where myst-nb is
-    not installed (e.g. Colab). Returns ``value``, so a cell can glue and use a number in one line."""
+    """Make ``value`` available to the book's prose as ``{glue:text}`name```` (myst-nb).
+
+    A no-op where myst-nb is not installed (e.g. Colab).  Used in every chapter for the numbers in the prose.
+
+    Args:
+        name: the key the prose refers to.
+        value: the value to glue.
+        display: whether to also display the value in the cell's output.
+
+    Returns:
+        ``value``, so a cell can glue and use a number in one line."""
     try:
-        from myst_nb import glue as myst_glue
+        from myst_nb import glue as myst_glue  # optional: absent on Colab, where glue is a no-op
     except ImportError:
         return value
     myst_glue(name, value, display=display)
@@ -256,7 +360,15 @@ def glue(name: str, value, display: bool = False):
 
 
 def plot_causal_graph(ax=None):
-    """The paper's causal graph: D -> C, C -> X, C -> Y (the backdoor path X <- C -> Y), X -> B -> Y."""
+    """The paper's causal graph: D -> C, C -> X, C -> Y (the backdoor path X <- C -> Y), X -> B -> Y.
+
+    Used in chapter 4.
+
+    Args:
+        ax: the matplotlib axes to draw on (a new figure when None).
+
+    Returns:
+        The axes."""
     ax = _axes(ax, (6.5, 2.6))
     nodes = {"D": (0.0, 1.0), "C": (1.2, 1.0), "X": (2.4, 0.0), "B": (3.6, 0.0), "Y": (4.8, 1.0)}
     names = {"D": "parameter\nimbalance", "C": "incomplete\nsemantic factor", "X": "input", "B": "representation",
@@ -278,7 +390,20 @@ def plot_causal_graph(ax=None):
 
 
 def show_cams(images, cams, axes, alpha: float = 0.5, mean=None, std=None):
-    """Overlay Grad-CAM maps (N x h x w in [0, 1], e.g. from ``lt.grad_cam``) on the images, one per axes."""
+    """Overlay Grad-CAM maps on the images, one image per axes.
+
+    Used in chapter 4.
+
+    Args:
+        images: N x 3 x H x W, uint8 or float (in [0, 1], or normalised when ``mean``/``std`` are given).
+        cams: the maps, N x h x w in [0, 1] (e.g. from ``lt.grad_cam``), upsampled to the images' size.
+        axes: the matplotlib axes to draw on (any array shape), at least one per image.
+        alpha: the opacity of the maps.
+        mean: the per-channel mean that normalised float images.
+        std: the per-channel standard deviation that normalised float images.
+
+    Returns:
+        ``axes``, as given."""
     x = torch.as_tensor(images).detach().cpu()
     x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
     if mean is not None and std is not None:

@@ -95,9 +95,24 @@ def estimate_prior(logits, labels, calibrate: bool = True, steps: int = 1000, lr
     steps, stopping early once every gradient entry is below ``tol`` -- a simple equivalent of GLA's Lagrangian
     solver (Zhu et al., NeurIPS 2023, github.com/BeierZhu/GLA).
 
-    Returns a float32 CPU tensor of length C, positive, summing to 1 (and the temperature used, if
-    ``return_temperature``).  Every class needs at least one labelled sample; an unbalanced set triggers a
-    warning, because there the optimum estimates P_P divided by the set's label frequencies.
+    Every class needs at least one labelled sample (else ``ValueError``); an unbalanced set triggers a warning,
+    because there the optimum estimates P_P divided by the set's label frequencies.
+
+    Taught in chapter 2 and used again in chapters 3 and 4.
+
+    Args:
+        logits: zero-shot logits on the held-out set, a (num_samples, C) array or tensor.
+        labels: the true class indices, one integer per row of ``logits``.
+        calibrate: whether to divide the logits by the temperature from ``calibrate_temperature`` (else T = 1).
+        steps: the maximum number of full-batch Adam steps.
+        lr: Adam's initial learning rate (cosine-decayed over ``steps``).
+        tol: stop early once every gradient entry is below this.
+        return_temperature: whether to also return the temperature T used.
+        device: where to run the optimisation (default: the logits' device).
+
+    Returns:
+        The estimated prior, a float32 CPU tensor of length C, positive, summing to 1; with
+        ``return_temperature``, the tuple ``(prior, temperature)`` with the temperature as a float.
     """
     logits, labels = _check_logits_labels(logits, labels)
     num_samples, num_classes = logits.shape
@@ -142,7 +157,17 @@ def prior_optimality_gap(logits, labels, prior, temperature: float = 1.0) -> flo
 
 
 def rank_correlation(a, b) -> float:
-    """Spearman rank correlation of two 1-D sequences (e.g. true vs estimated prior)."""
+    """Spearman rank correlation of two 1-D sequences (e.g. true vs estimated prior).
+
+    Used in chapter 2 to score how well the estimated prior ranks the classes.
+
+    Args:
+        a: the first sequence (flattened), at least 2 values.
+        b: the second sequence, of the same length as ``a``.
+
+    Returns:
+        Spearman's rho, a float in [-1, 1].
+    """
     a = np.asarray(torch.as_tensor(a, dtype=torch.float64).flatten())
     b = np.asarray(torch.as_tensor(b, dtype=torch.float64).flatten())
     if a.shape != b.shape or a.size < 2:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +46,11 @@ class Profile:
         return d
 
 
+def default_data_root() -> Path:
+    """Where real datasets live: ``$LT_DATA_ROOT``, else ``~/data``."""
+    return Path(os.environ.get("LT_DATA_ROOT") or "~/data").expanduser()
+
+
 def get_device(prefer: str | torch.device | None = None) -> torch.device:
     """The accelerator when present (or ``prefer``), else the CPU."""
     if prefer is not None:
@@ -78,7 +84,15 @@ def setup_cpu(threads: int | None = None) -> None:
 
 
 def profile(name: str | None = None) -> Profile:
-    """The settings a chapter reads. ``name=None`` reads ``$LT_PROFILE`` (default ``"lab"``)."""
+    """The settings a chapter reads: its one config cell is ``P = lt.profile()``. Used by every chapter.
+
+    Args:
+        name: ``"lab"`` (CPU, the book's own miniature models) or ``"clip"`` (CLIP / OpenCLIP / MetaCLIP
+            ViT-B/16 on CIFAR-100-LT, needs a CUDA GPU); None reads ``$LT_PROFILE`` (default ``"lab"``).
+
+    Returns:
+        A frozen ``Profile``; change a setting with ``P.replace(epochs=2)``.
+    """
     name = (name or os.environ.get("LT_PROFILE") or "lab").strip().lower()
     if name == "lab":
         setup_cpu()
@@ -99,7 +113,7 @@ def profile(name: str | None = None) -> Profile:
             )
         return Profile(
             name="clip", dataset="cifar100_lt",
-            data_root=os.environ.get("LT_DATA_ROOT", os.path.expanduser("~/data")), imbalance_ratio=100,
+            data_root=str(default_data_root()), imbalance_ratio=100,
             models=("clip", "openclip", "metaclip"), control_models=("clip", "clip", "clip"),
             image_size=224, peft="adaptformer", epochs=10, batch_size=128, micro_batch_size=64,
             lr=0.01, momentum=0.9, weight_decay=5e-4, tau=1.0, seeds=(0, 1, 2),

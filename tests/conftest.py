@@ -1,11 +1,13 @@
 """Shared test set-up: unit tests never read or write the book's results cache, and figures never open a window."""
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+import lt_utils.cache as cache_module
 import lt_utils.lab as lab
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -85,3 +87,48 @@ def write_fake_cifar100(root, per_class_train: int, per_class_test: int, fine_na
 def fake_cifar100():
     """The writer of fabricated CIFAR-100 folders (``write_fake_cifar100``), for tests in any file."""
     return write_fake_cifar100
+
+
+class CachedTrace:
+    """What every ``lt.cached`` computation declared (``depends_on``) and which lt_utils modules' code ran inside
+    it, nested cached computations included (an outer result depends on the code of what it computed inside)."""
+
+    def __init__(self):
+        self.records, self._stack = [], []
+        self._code = cache_module.cached.__code__
+
+    def _profile(self, frame, event, arg):
+        if event == "call":
+            if frame.f_code is self._code:
+                declared = frame.f_locals["depends_on"]
+                record = dict(kind=frame.f_locals["kind"], executed=set(),
+                              declared=None if declared is None else {getattr(m, "__name__", m).rsplit(".", 1)[-1]
+                                                                      for m in declared})
+                self.records.append(record)
+                self._stack.append((frame, record))
+                return
+            module = frame.f_globals.get("__name__", "")
+            if module.startswith("lt_utils."):
+                for _, record in self._stack:
+                    record["executed"].add(module.split(".")[1])
+        elif event == "return" and self._stack and frame is self._stack[-1][0]:
+            self._stack.pop()
+
+    def undeclared(self) -> dict:
+        """kind -> modules that ran but are not declared. ``cache`` stores and loads values (it computes none;
+        a change of its file format bumps ``CACHE_VERSION``)."""
+        return {r["kind"]: sorted(r["executed"] - r["declared"] - {"cache"}) for r in self.records
+                if r["declared"] is not None and r["executed"] - r["declared"] - {"cache"}}
+
+    def __enter__(self):
+        sys.setprofile(self._profile)
+        return self
+
+    def __exit__(self, *exc):
+        sys.setprofile(None)
+
+
+@pytest.fixture
+def trace_cached():
+    """``with trace_cached() as trace: ...`` then ``trace.records`` / ``trace.undeclared()`` (see CachedTrace)."""
+    return CachedTrace

@@ -26,7 +26,7 @@ def _tiny_vit_classifier(num_classes=5):
     torch.manual_seed(0)
     visual = VisionTransformer(image_size=8, patch_size=4, width=16, layers=2, heads=2, mlp_ratio=2, output_dim=8)
     visual.proj = None  # pre-projection features, as the zoo's backbones
-    return lt.Classifier(visual, lt.LinearHead(16, num_classes), image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
+    return lt.models.Classifier(visual, lt.models.LinearHead(16, num_classes), image_size=8, mean=(0.5,) * 3, std=(0.5,) * 3)
 
 
 def test_grad_cam_maps_one_normalised_map_per_image_and_depend_on_the_target():
@@ -76,7 +76,7 @@ def test_load_fine_tuned_reproduces_the_cached_logits(tiny_lab):
     run = lt.fine_tune(profile, "lab-clip", loss="la", seed=1, progress=False)
     model = lt.load_fine_tuned(profile, "lab-clip", loss="la", seed=1)
     world = lt.lab.make_world(0)
-    again = lt.predict(model, world.test, transform=lt.test_transform(profile, model), progress=False)
+    again = lt.metrics.predict(model, world.test, transform=lt.test_transform(profile, model), progress=False)
     torch.testing.assert_close(again["logits"], run["test"]["logits"], atol=1e-4, rtol=1e-4)
 
 

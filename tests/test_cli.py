@@ -1,6 +1,5 @@
 """python -m lt_utils: the two-stage recipe end to end on a tiny lab, stage 2 against an independent computation,
 and bad input answered with a usage message (exit 2), never a traceback."""
-import importlib
 import json
 import os
 import subprocess
@@ -13,11 +12,11 @@ import torch.nn.functional as F
 import lt_utils as lt
 import lt_utils.lab as lab
 from lt_utils.__main__ import main
-from lt_utils.data import TensorAugment
+from lt_utils.augment import TensorAugment
 from lt_utils.metrics import predict
 from lt_utils.models import build_classifier, load_checkpoint, load_foundation_model
 
-train_module = importlib.import_module("lt_utils.train")  # the module (``lt_utils.train`` is the function)
+import lt_utils.runs as runs_module
 
 
 def test_two_stage_recipe_on_a_tiny_lab(tiny_lab, capsys, monkeypatch):
@@ -47,7 +46,7 @@ def test_two_stage_recipe_on_a_tiny_lab(tiny_lab, capsys, monkeypatch):
     assert "test accuracy" in capsys.readouterr().out
 
     # a chapter's fine_tune call with the same settings loads stage 1's result: no second training
-    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("fine_tune trained again"))
+    monkeypatch.setattr(runs_module, "train", lambda *a, **k: pytest.fail("fine_tune trained again"))
     result = lt.fine_tune(lt.profile("lab"), "lab-clip", loss="la", seed=3, epochs=1)
     stored = torch.load(runs[0] / "logits.pt", weights_only=True)
     assert torch.equal(result["test"]["logits"], stored["test"]["logits"]) and result["epochs"] == 1
@@ -70,7 +69,7 @@ def test_two_stage_recipe_on_a_tiny_lab(tiny_lab, capsys, monkeypatch):
 
 def _fake_run(folder, logits, labels, counts, prior, model="m"):
     folder.mkdir(parents=True)
-    lt.atomic_torch_save(dict(model=model, val=dict(logits=logits, labels=labels),
+    lt.cache.atomic_torch_save(dict(model=model, val=dict(logits=logits, labels=labels),
                               test=dict(logits=logits, labels=labels), class_counts=counts,
                               pretrain_prior_estimate=prior), folder / "logits.pt")
     return str(folder)

@@ -28,7 +28,7 @@ def clip_world(tmp_path_factory, fake_cifar100):
         lt.register_foundation_model(name, "lt-clip-path-test", weights=root / f"{name}.pt")
     yield root
     for name in ("tiny-clip", "tiny-openclip"):  # leave the zoo as other tests expect it
-        lt.FOUNDATION_MODELS.pop(name)
+        lt.models.FOUNDATION_MODELS.pop(name)
         lt.models._LOCAL_WEIGHTS.pop(name)
 
 
@@ -44,7 +44,7 @@ def test_fine_tune_zero_shot_and_fusion_run_on_the_clip_path(clip_world, tmp_pat
     assert zero_shot["test"]["logits"].shape == (200, 100) and zero_shot["test"]["features"].shape == (200, 32)
     run = lt.fine_tune(profile, "tiny-clip", loss="la", seed=0, progress=False)
     counts = run["class_counts"]
-    assert counts.max() == 6 and counts.sum() == sum(lt.long_tail_counts(100, 6, 100))  # LIFT's n_max = N / 100
+    assert counts.max() == 6 and counts.sum() == sum(lt.data.long_tail_counts(100, 6, 100))  # LIFT's n_max = N / 100
     assert run["test"]["logits"].shape == (200, 100) and torch.isfinite(run["test"]["logits"]).all()
     gla = lt.fine_tune(profile, "tiny-clip", loss="gla_train", seed=0, progress=False)
     assert gla["pretrain_prior"].sum() == pytest.approx(1, abs=1e-5)

@@ -15,14 +15,14 @@ from lt_utils import data as D
 
 @pytest.mark.parametrize("ratio, total", [(100, 10847), (50, 12608), (10, 19573)])
 def test_cifar100_lt_totals(ratio, total):
-    counts = lt.long_tail_counts(100, 500, ratio)
+    counts = lt.data.long_tail_counts(100, 500, ratio)
     assert sum(counts) == total
     assert counts[0] == 500 and counts[-1] == 500 // ratio
     assert all(a >= b for a, b in zip(counts, counts[1:]))
 
 
 def test_balanced_profile():
-    assert lt.long_tail_counts(5, 30, 1) == [30] * 5
+    assert lt.data.long_tail_counts(5, 30, 1) == [30] * 5
 
 
 @pytest.mark.parametrize("args, match", [
@@ -31,25 +31,25 @@ def test_balanced_profile():
 ])
 def test_long_tail_counts_errors(args, match):
     with pytest.raises(ValueError, match=match):
-        lt.long_tail_counts(*args)
+        lt.data.long_tail_counts(*args)
 
 
 # ----------------------------------------------------------------------------------------------- groups
 
 def test_cifar100_groups_35_35_30():
-    groups = lt.data_groups(lt.long_tail_counts(100, 500, 100))
+    groups = lt.data_groups(lt.data.long_tail_counts(100, 500, 100))
     assert torch.bincount(groups).tolist() == [35, 35, 30]
     assert groups.tolist() == sorted(groups.tolist())  # head classes first
-    assert torch.equal(lt.cifar100_lt_groups(), groups)
+    assert torch.equal(lt.data.cifar100_lt_groups(), groups)
     assert lt.GROUP_NAMES == ("Many", "Medium", "Few")
 
 
 def test_data_group_thresholds_and_reference():
     assert lt.data_groups([101, 100, 20, 19, 0]).tolist() == [0, 1, 1, 2, 2]
-    ir10 = lt.long_tail_counts(100, 500, 10)
+    ir10 = lt.data.long_tail_counts(100, 500, 10)
     assert torch.bincount(lt.data_groups(ir10), minlength=3).tolist()[2] == 0  # IR 10 alone has no Few class
-    ir100 = lt.long_tail_counts(100, 500, 100)
-    assert torch.equal(lt.data_groups(ir10, reference=ir100), lt.cifar100_lt_groups())
+    ir100 = lt.data.long_tail_counts(100, 500, 100)
+    assert torch.equal(lt.data_groups(ir10, reference=ir100), lt.data.cifar100_lt_groups())
     with pytest.raises(ValueError, match="reference has 3 classes"):
         lt.data_groups(ir10, reference=[1, 2, 3])
     with pytest.raises(ValueError, match="non-negative"):
@@ -80,7 +80,7 @@ def tiny_dataset(n=10, classes=3, size=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
     targets = torch.arange(n) % classes
-    return lt.InMemoryDataset(images, targets, [f"class {i}" for i in range(classes)])
+    return lt.data.InMemoryDataset(images, targets, [f"class {i}" for i in range(classes)])
 
 
 def test_in_memory_dataset_basics():
@@ -95,7 +95,7 @@ def test_in_memory_dataset_basics():
     assert len(ds.subset(ds.targets == 2)) == 2
     moved = ds.to("cpu")
     assert torch.equal(moved.images, ds.images) and moved.classnames == ds.classnames
-    with_tf = lt.InMemoryDataset(ds.images, ds.targets, ds.classnames, transform=lambda x: x.float() / 255)
+    with_tf = lt.data.InMemoryDataset(ds.images, ds.targets, ds.classnames, transform=lambda x: x.float() / 255)
     assert with_tf[0][0].dtype == torch.float32
 
 
@@ -107,7 +107,7 @@ def test_in_memory_dataset_basics():
 ])
 def test_in_memory_dataset_errors(images, targets, match):
     with pytest.raises(ValueError, match=match):
-        lt.InMemoryDataset(images, targets, ["a", "b"])
+        lt.data.InMemoryDataset(images, targets, ["a", "b"])
 
 
 # ----------------------------------------------------------------------------------------------- load_dataset errors
@@ -176,8 +176,8 @@ def _lift_reference(labels, ratio):
 
 def test_cifar100_lt_train_matches_lift_selection(cifar_root):
     ds = lt.load_dataset("cifar100_lt", cifar_root, split="train", imbalance_ratio=4)
-    counts = lt.long_tail_counts(100, PER_CLASS_TRAIN, 4)
-    assert isinstance(ds, lt.InMemoryDataset) and ds.images.shape == (sum(counts), 3, 32, 32)
+    counts = lt.data.long_tail_counts(100, PER_CLASS_TRAIN, 4)
+    assert isinstance(ds, lt.data.InMemoryDataset) and ds.images.shape == (sum(counts), 3, 32, 32)
     assert ds.images.dtype == torch.uint8 and ds.class_counts.tolist() == counts
     data, labels = _read_split(cifar_root, "train")
     keep = _lift_reference(labels, 4)
@@ -194,7 +194,7 @@ def test_cifar100_test_split_is_balanced_and_complete(cifar_root):
     data, labels = _read_split(cifar_root, "test")
     assert torch.equal(ds.images, torch.from_numpy(data))
     assert ds.class_counts.tolist() == [PER_CLASS_TEST] * 100
-    image, label = lt.load_dataset("cifar100_lt", cifar_root, split="test", transform=lt.TensorAugment(16))[0]
+    image, label = lt.load_dataset("cifar100_lt", cifar_root, split="test", transform=lt.augment.TensorAugment(16))[0]
     assert image.shape == (3, 16, 16) and label == labels[0]
 
 
@@ -235,7 +235,7 @@ def test_imagenet_lt_fabricated_tree(tmp_path):
     image, label = ds[2]
     assert isinstance(image, Image.Image) and image.size == (28, 20) and image.mode == "RGB" and label == 1
     test = lt.load_dataset("imagenet_lt", tmp_path, split="test",
-                           transform=lt.torchvision_transforms(16, train=False))
+                           transform=lt.augment.torchvision_transforms(16, train=False))
     x, y = test[0]
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y == 0
     with pytest.raises(FileNotFoundError, match="ImageNet_LT_val.txt.*shijxcs/LIFT"):
@@ -248,12 +248,12 @@ def test_places_lt_fabricated_tree_and_loader(tmp_path):
     rows = [("train/airfield/00000001.jpg", 0), ("train/apartment_building-outdoor/00000002.jpg", 8),
             ("train/zen_garden/00000003.jpg", 364)]
     _fabricate_tree(tmp_path, tmp_path, "Places_LT", {"val": rows})  # split file directly in root
-    transform = lt.torchvision_transforms(16, train=True)
+    transform = lt.augment.torchvision_transforms(16, train=True)
     ds = lt.load_dataset("places_lt", tmp_path, split="val", transform=transform)
     assert ds.num_classes == 365 and ds.targets.tolist() == [0, 8, 364]
     assert ds.classnames[0] == "airfield" and ds.classnames[8] == "apartment building outdoor"
     assert ds.classnames[364] == "zen garden" and all("_" not in c for c in ds.classnames)
-    loader = lt.make_loader(ds, batch_size=2, shuffle=False)
+    loader = lt.data.make_loader(ds, batch_size=2, shuffle=False)
     batches = list(loader)
     assert len(loader) == 2 and [b[0].shape for b in batches] == [(2, 3, 16, 16), (1, 3, 16, 16)]
     assert torch.cat([b[1] for b in batches]).tolist() == [0, 8, 364]
@@ -296,12 +296,12 @@ def random_batch(n=6, h=32, w=32, seed=0):
 
 @pytest.mark.parametrize("train", [True, False])
 def test_tensor_augment_shapes_and_normalisation(train):
-    augment = lt.TensorAugment(40, lt.CLIP_MEAN, lt.CLIP_STD, train=train)
+    augment = lt.augment.TensorAugment(40, lt.augment.CLIP_MEAN, lt.augment.CLIP_STD, train=train)
     out = augment(random_batch())
     assert out.shape == (6, 3, 40, 40) and out.dtype == torch.float32
     assert augment(random_batch()[0]).shape == (3, 40, 40)
     constant = torch.full((4, 3, 32, 32), 200, dtype=torch.uint8)
-    expected = (200 / 255 - torch.tensor(lt.CLIP_MEAN)) / torch.tensor(lt.CLIP_STD)
+    expected = (200 / 255 - torch.tensor(lt.augment.CLIP_MEAN)) / torch.tensor(lt.augment.CLIP_STD)
     torch.testing.assert_close(augment(constant), expected.view(1, 3, 1, 1).expand(4, 3, 40, 40))
 
 
@@ -312,7 +312,7 @@ def test_tensor_augment_shapes_and_normalisation(train):
 def test_tensor_augment_test_mode_equals_torchvision(shape, out, resize):
     """torchvision's Resize(short side) + CenterCrop on a float image, then Normalize."""
     x = random_batch(3, *shape).float() / 255
-    ours = lt.TensorAugment(out, (0.5, 0.4, 0.3), (0.2, 0.3, 0.25), train=False, test_resize=resize)(x)
+    ours = lt.augment.TensorAugment(out, (0.5, 0.4, 0.3), (0.2, 0.3, 0.25), train=False, test_resize=resize)(x)
     reference = v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(out),
                             v2.Normalize([0.5, 0.4, 0.3], [0.2, 0.3, 0.25])])
     torch.testing.assert_close(ours, torch.stack([reference(img) for img in x]), atol=1e-4, rtol=0)
@@ -320,11 +320,11 @@ def test_tensor_augment_test_mode_equals_torchvision(shape, out, resize):
 
 def test_tensor_augment_full_box_is_a_resize_and_flip_mirrors():
     x = random_batch(64)
-    plain = lt.TensorAugment(48, train=True, scale=(1, 1), ratio=(1, 1), flip=False)(x)
+    plain = lt.augment.TensorAugment(48, train=True, scale=(1, 1), ratio=(1, 1), flip=False)(x)
     reference = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Resize((48, 48), antialias=True),
-                            v2.Normalize(list(lt.CLIP_MEAN), list(lt.CLIP_STD))])
+                            v2.Normalize(list(lt.augment.CLIP_MEAN), list(lt.augment.CLIP_STD))])
     torch.testing.assert_close(plain, torch.stack([reference(img) for img in x]), atol=2e-5, rtol=0)
-    flipped = lt.TensorAugment(48, train=True, scale=(1, 1), ratio=(1, 1), flip=True)(
+    flipped = lt.augment.TensorAugment(48, train=True, scale=(1, 1), ratio=(1, 1), flip=True)(
         x, generator=torch.Generator().manual_seed(0))
     same = (flipped - plain).abs().amax(dim=(1, 2, 3)) < 1e-5
     mirrored = (flipped - plain.flip(-1)).abs().amax(dim=(1, 2, 3)) < 1e-5
@@ -332,7 +332,7 @@ def test_tensor_augment_full_box_is_a_resize_and_flip_mirrors():
 
 
 def test_tensor_augment_is_seeded_and_per_sample():
-    augment = lt.TensorAugment(32, train=True)
+    augment = lt.augment.TensorAugment(32, train=True)
     x = random_batch(1).expand(16, 3, 32, 32)  # 16 copies of one image
     a = augment(x, generator=torch.Generator().manual_seed(7))
     b = augment(x, generator=torch.Generator().manual_seed(7))
@@ -343,7 +343,7 @@ def test_tensor_augment_is_seeded_and_per_sample():
 
 
 def test_random_boxes_follow_torchvision_rule():
-    augment = lt.TensorAugment(32, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+    augment = lt.augment.TensorAugment(32, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
     x0, y0, w, h, flip = augment._random_boxes(4000, 32, 48, torch.Generator().manual_seed(0), "cpu")
     assert bool(((x0 >= 0) & (x0 + w <= 48) & (y0 >= 0) & (y0 + h <= 32) & (w >= 1) & (h >= 1)).all())
     assert torch.equal(w, w.round()) and torch.equal(x0, x0.floor())  # integer pixel boxes, as torchvision
@@ -361,31 +361,31 @@ def test_random_boxes_follow_torchvision_rule():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_tensor_augment_on_cuda():
     x = random_batch(8)
-    test = lt.TensorAugment(64, train=False)
+    test = lt.augment.TensorAugment(64, train=False)
     torch.testing.assert_close(test(x.cuda()).cpu(), test(x), atol=1e-4, rtol=0)
-    train = lt.TensorAugment(64, train=True)
+    train = lt.augment.TensorAugment(64, train=True)
     a = train(x.cuda(), generator=torch.Generator(device="cuda").manual_seed(0))
     b = train(x.cuda(), generator=torch.Generator(device="cuda").manual_seed(0))
     assert a.is_cuda and torch.equal(a, b)
-    x_gpu, y_gpu = next(iter(lt.make_loader(tiny_dataset(), 4, shuffle=True, device="cuda", batch_transform=train)))
+    x_gpu, y_gpu = next(iter(lt.data.make_loader(tiny_dataset(), 4, shuffle=True, device="cuda", batch_transform=train)))
     assert x_gpu.is_cuda and y_gpu.is_cuda and x_gpu.shape == (4, 3, 64, 64)
 
 
 def test_tensor_augment_errors():
     with pytest.raises(ValueError, match="uint8"):
-        lt.TensorAugment(8)(torch.zeros(2, 3, 8, 8, dtype=torch.int32))
+        lt.augment.TensorAugment(8)(torch.zeros(2, 3, 8, 8, dtype=torch.int32))
     with pytest.raises(ValueError, match="B x 3 x H x W"):
-        lt.TensorAugment(8)(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
+        lt.augment.TensorAugment(8)(torch.zeros(2, 1, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="scale"):
-        lt.TensorAugment(8, scale=(0.5, 1.5))
+        lt.augment.TensorAugment(8, scale=(0.5, 1.5))
     with pytest.raises(ValueError, match="test_resize"):
-        lt.TensorAugment(8, train=False, test_resize=4)
+        lt.augment.TensorAugment(8, train=False, test_resize=4)
 
 
 def test_torchvision_transforms_take_pil_and_tensors():
     image = random_batch(1, 20, 28)[0]
     for train in (True, False):
-        tf = lt.torchvision_transforms(24, train=train)
+        tf = lt.augment.torchvision_transforms(24, train=train)
         assert tf(image).shape == (3, 24, 24)
         assert tf(v2.functional.to_pil_image(image)).shape == (3, 24, 24)
 
@@ -394,23 +394,23 @@ def test_torchvision_transforms_take_pil_and_tensors():
 
 def test_tensor_loader_epochs_cover_the_data():
     ds = tiny_dataset(n=10)
-    loader = lt.make_loader(ds, batch_size=4, shuffle=True, device="cpu", seed=5)
+    loader = lt.data.make_loader(ds, batch_size=4, shuffle=True, device="cpu", seed=5)
     assert isinstance(loader, D.TensorLoader) and len(loader) == 3
     epochs = [torch.cat([y for _, y in loader]) for _ in range(2)]
-    images = torch.cat([x for x, _ in lt.make_loader(ds, 4, shuffle=True, seed=5)])
+    images = torch.cat([x for x, _ in lt.data.make_loader(ds, 4, shuffle=True, seed=5)])
     assert sorted(epochs[0].tolist()) == sorted(ds.targets.tolist())
     order = [next(i for i in range(10) if torch.equal(ds.images[i], img)) for img in images]
     assert sorted(order) == list(range(10)) and order != list(range(10))
     assert torch.equal(ds.targets[order], epochs[0])  # same seed -> same first-epoch order
-    assert len(list(lt.make_loader(ds, 4, drop_last=True))) == 2
-    x, y = next(iter(lt.make_loader(ds, 4, batch_transform=lt.TensorAugment(16, train=False))))
+    assert len(list(lt.data.make_loader(ds, 4, drop_last=True))) == 2
+    x, y = next(iter(lt.data.make_loader(ds, 4, batch_transform=lt.augment.TensorAugment(16, train=False))))
     assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and y.tolist() == [0, 1, 2, 0]
 
 
 def test_loader_uses_dataloader_for_per_image_transforms():
     ds = tiny_dataset(n=5)
-    ds.transform = lt.TensorAugment(12, train=False)
-    loader = lt.make_loader(ds, batch_size=2, device="cpu")
+    ds.transform = lt.augment.TensorAugment(12, train=False)
+    loader = lt.data.make_loader(ds, batch_size=2, device="cpu")
     assert isinstance(loader, D.DeviceLoader) and len(loader) == 3
     x, y = next(iter(loader))
     assert x.shape == (2, 3, 12, 12) and y.tolist() == [0, 1]

@@ -1,4 +1,4 @@
-"""The distributed path of lt.train: two CPU processes (gloo) started like torchrun (env variables), with
+"""The distributed path of lt.training.train: two CPU processes (gloo) started like torchrun (env variables), with
 micro-batching (DDP no_sync) and checkpointing on; compared with one process over the same global batches."""
 import os
 import socket
@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from lt_utils.train import train
+from lt_utils.training import train
 from test_train import KW, TinyImages, TinyNet, assert_same, trainable
 
 WORLD_SIZE = 2

@@ -38,7 +38,7 @@ def test_render_is_deterministic_and_seed_dependent():
 
 def test_downstream_counts_follow_the_cifar100_lt_profile():
     counts = lab.downstream_counts(0)
-    profile = lt.long_tail_counts(100, 500, 100)
+    profile = lt.data.long_tail_counts(100, 500, 100)
     assert sorted(counts.tolist(), reverse=True) == profile and counts.sum() == 10847
     assert not torch.equal(counts, lab.downstream_counts(1))  # the class order is seeded
     assert torch.equal(counts, lab.downstream_counts(0))
@@ -92,7 +92,7 @@ def test_same_prior_controls_draw_other_samples():
 
 def test_upstream_corpus_dataset(monkeypatch):
     corpus = lab.upstream_corpus("lab-openclip", 0, corpus_size=64)
-    assert isinstance(corpus, lt.InMemoryDataset)
+    assert isinstance(corpus, lt.data.InMemoryDataset)
     assert corpus.images.shape == (64, 3, 24, 24) and corpus.images.dtype == torch.uint8
     assert torch.equal(corpus.targets, lab.upstream_labels("lab-openclip", 0, 64))
     assert corpus.classnames == lab.CLASSNAMES
@@ -104,7 +104,7 @@ def test_make_world_splits(world):
     assert world.classnames == lab.CLASSNAMES and torch.equal(world.superclass, lab.SUPERCLASS)
     for split, n in (("train", 10847), ("val", 2000), ("test", 10000)):
         ds = getattr(world, split)
-        assert isinstance(ds, lt.InMemoryDataset)
+        assert isinstance(ds, lt.data.InMemoryDataset)
         assert ds.images.shape == (n, 3, 24, 24) and ds.images.dtype == torch.uint8
         assert ds.targets.dtype == torch.long and len(ds) == n
     assert torch.equal(world.train.class_counts, lab.downstream_counts(0))
@@ -131,11 +131,11 @@ def test_shift_flip_only_moves_pixels():
 
 
 def test_rank_groups():
-    groups = lab.rank_groups(torch.linspace(1, 0, 100))
+    groups = lt.groups.rank_groups(torch.linspace(1, 0, 100), lab.P_GROUP_SIZES)
     assert groups[:34].eq(0).all() and groups[34:67].eq(1).all() and groups[67:].eq(2).all()
     assert torch.equal(groups, torch.as_tensor(lt.prior_groups(torch.linspace(1, 0, 100))))
     with pytest.raises(ValueError, match="add up"):
-        lab.rank_groups(torch.ones(10))
+        lt.groups.rank_groups(torch.ones(10), lab.P_GROUP_SIZES)
 
 
 @pytest.fixture

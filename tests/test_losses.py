@@ -50,7 +50,7 @@ def test_counts_and_probabilities_give_same_loss(batch):
 
 def test_balanced_softmax_is_ce_plus_log_counts(batch):
     logits, targets, counts = batch
-    got = lt.balanced_softmax_loss(logits, targets, counts).item()
+    got = lt.losses.balanced_softmax_loss(logits, targets, counts).item()
     assert got == pytest.approx(reference_ce(logits, targets, np.log(counts.numpy().astype(float))), rel=1e-5)
     assert got == pytest.approx(lt.logit_adjusted_loss(logits, targets, counts, tau=1.0).item(), rel=1e-6)
 
@@ -74,10 +74,10 @@ def test_adjusted_loss_differs_from_ce(batch):
 def test_make_loss_equals_functions(batch, name):
     logits, targets, counts = batch
     pretrain = torch.tensor([0.3, 0.3, 0.2, 0.1, 0.1])
-    loss_fn = lt.make_loss(name, data_prior=counts, pretrain_prior=pretrain, tau=1.5)
+    loss_fn = lt.losses.make_loss(name, data_prior=counts, pretrain_prior=pretrain, tau=1.5)
     expected = {"ce": lambda: lt.cross_entropy_loss(logits, targets),
                 "la": lambda: lt.logit_adjusted_loss(logits, targets, counts, tau=1.5),
-                "bs": lambda: lt.balanced_softmax_loss(logits, targets, counts),
+                "bs": lambda: lt.losses.balanced_softmax_loss(logits, targets, counts),
                 "gla_train": lambda: lt.gla_train_loss(logits, targets, counts, pretrain, tau=1.5)}[name]()
     assert loss_fn(logits, targets).item() == pytest.approx(expected.item(), rel=1e-6)
 
@@ -85,7 +85,7 @@ def test_make_loss_equals_functions(batch, name):
 def test_make_loss_gradient_flows(batch):
     logits, targets, counts = batch
     logits = logits.clone().requires_grad_(True)
-    lt.make_loss("la", data_prior=counts)(logits, targets).backward()
+    lt.losses.make_loss("la", data_prior=counts)(logits, targets).backward()
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
     # gradient of CE(z + o) is softmax(z + o) - onehot, averaged
     p = torch.softmax(logits.detach() + torch.log(counts.float() / counts.sum()), dim=1)
@@ -95,15 +95,15 @@ def test_make_loss_gradient_flows(batch):
 
 def test_make_loss_errors():
     with pytest.raises(ValueError, match="'ce', 'la', 'gla_train', 'bs'"):
-        lt.make_loss("focal")
+        lt.losses.make_loss("focal")
     with pytest.raises(ValueError, match="needs data_prior"):
-        lt.make_loss("la")
+        lt.losses.make_loss("la")
     with pytest.raises(ValueError, match="needs data_prior"):
-        lt.make_loss("bs")
+        lt.losses.make_loss("bs")
     with pytest.raises(ValueError, match="needs pretrain_prior"):
-        lt.make_loss("gla_train", data_prior=[1, 2, 3])
+        lt.losses.make_loss("gla_train", data_prior=[1, 2, 3])
     with pytest.raises(ValueError, match="pretrain_prior has 2 entries but there are 3 classes"):
-        lt.make_loss("gla_train", data_prior=[1, 2, 3], pretrain_prior=[0.5, 0.5])
+        lt.losses.make_loss("gla_train", data_prior=[1, 2, 3], pretrain_prior=[0.5, 0.5])
 
 
 @pytest.mark.parametrize("prior, message", [
@@ -122,7 +122,7 @@ def test_bad_priors_refused(batch, prior, message):
 
 def test_make_loss_wrong_length_refused_at_call(batch):
     logits, targets, _ = batch
-    loss_fn = lt.make_loss("la", data_prior=[3, 2, 1])
+    loss_fn = lt.losses.make_loss("la", data_prior=[3, 2, 1])
     with pytest.raises(ValueError, match="one entry per class"):
         loss_fn(logits, targets)
 
@@ -134,10 +134,10 @@ def test_zero_count_class_is_clamped_and_warned(batch):
         loss = lt.logit_adjusted_loss(logits, targets, counts)
     assert torch.isfinite(loss)
     p = counts.double().numpy() / 66
-    offset = np.log(np.maximum(p, lt.PRIOR_EPS))
+    offset = np.log(np.maximum(p, lt.losses.PRIOR_EPS))
     assert loss.item() == pytest.approx(reference_ce(logits, targets, offset), rel=1e-5)
     with pytest.warns(UserWarning, match="zero for classes"):
-        loss_fn = lt.make_loss("gla_train", data_prior=counts, pretrain_prior=[1, 1, 1, 1, 1])
+        loss_fn = lt.losses.make_loss("gla_train", data_prior=counts, pretrain_prior=[1, 1, 1, 1, 1])
     with warnings.catch_warnings():  # validated once: no warning inside the training loop
         warnings.simplefilter("error")
         assert torch.isfinite(loss_fn(logits, targets))
@@ -148,25 +148,25 @@ def test_bad_logits_or_targets(batch):
     with pytest.raises(ValueError, match=r"\(batch, num_classes\)"):
         lt.cross_entropy_loss(logits[0], targets)
     with pytest.raises(ValueError, match="16 class indices"):
-        lt.make_loss("la", data_prior=counts)(logits, targets[:3])
+        lt.losses.make_loss("la", data_prior=counts)(logits, targets[:3])
 
 
 def test_amp_safe_float32(batch):
     logits, targets, counts = batch
     half = logits.half()
-    loss = lt.make_loss("la", data_prior=counts)(half, targets)
+    loss = lt.losses.make_loss("la", data_prior=counts)(half, targets)
     assert loss.dtype == torch.float32
     ref = lt.logit_adjusted_loss(half.float(), targets, counts)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = lt.make_loss("gla_train", data_prior=counts, pretrain_prior=[1, 2, 3, 4, 5])(logits.bfloat16(), targets)
+        loss = lt.losses.make_loss("gla_train", data_prior=counts, pretrain_prior=[1, 2, 3, 4, 5])(logits.bfloat16(), targets)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
 @pytest.mark.gpu
 def test_losses_on_cuda_under_autocast(batch):
     logits, targets, counts = batch
-    loss_fn = lt.make_loss("gla_train", data_prior=counts, pretrain_prior=[1, 2, 3, 4, 5])
+    loss_fn = lt.losses.make_loss("gla_train", data_prior=counts, pretrain_prior=[1, 2, 3, 4, 5])
     with torch.autocast("cuda"):
         loss = loss_fn(logits.cuda().half(), targets.cuda())
     assert loss.dtype == torch.float32 and loss.is_cuda

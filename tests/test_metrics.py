@@ -70,7 +70,7 @@ def test_predict_in_memory_matches_direct_forward(model_cls):
     torch.manual_seed(0)
     model, data = model_cls(), InMemory(n=10)
     model.train()
-    out = lt.predict(model, data, batch_size=4, transform=to_float, progress=False)
+    out = lt.metrics.predict(model, data, batch_size=4, transform=to_float, progress=False)
     assert model.training  # mode restored
     assert set(out) == {"logits", "features", "labels"}
     assert out["logits"].shape == (10, 4) and out["features"].shape == (10, 6)
@@ -84,10 +84,10 @@ def test_predict_in_memory_matches_direct_forward(model_cls):
 
 def test_predict_one_body_pass_per_batch():
     model, data = TinyClassifier(), InMemory(n=10)
-    lt.predict(model, data, batch_size=4, transform=to_float, progress=False)
+    lt.metrics.predict(model, data, batch_size=4, transform=to_float, progress=False)
     assert model.calls["body"] == 3  # features then head: no second forward
     model = NoHead()
-    out = lt.predict(model, data, batch_size=4, transform=to_float, progress=False)
+    out = lt.metrics.predict(model, data, batch_size=4, transform=to_float, progress=False)
     assert model.inner.calls["body"] == 6  # without a head the model is called twice (documented)
     assert out["features"].shape == (10, 6)
 
@@ -102,18 +102,18 @@ def test_predict_dataloader_path_and_without_features():
         def __getitem__(self, i):
             return data[i]
 
-    out = lt.predict(model, Plain(), batch_size=4, progress=False)
-    ref = lt.predict(model, data, batch_size=5, transform=to_float, progress=False)
+    out = lt.metrics.predict(model, Plain(), batch_size=4, progress=False)
+    ref = lt.metrics.predict(model, data, batch_size=5, transform=to_float, progress=False)
     torch.testing.assert_close(out["logits"], ref["logits"])
     assert torch.equal(out["labels"], data.targets)
-    out = lt.predict(model, Plain(), batch_size=4, progress=False, with_features=False)
+    out = lt.metrics.predict(model, Plain(), batch_size=4, progress=False, with_features=False)
     assert out["features"] is None and out["logits"].shape == (9, 4)
 
 
 def test_predict_default_transform_from_model_attributes():
     model, data = TinyClassifier(), InMemory(n=6)
     model.image_size, model.mean, model.std = 4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    out = lt.predict(model, data, batch_size=4, progress=False)
+    out = lt.metrics.predict(model, data, batch_size=4, progress=False)
     x = (data.images.float() / 255 - 0.5) / 0.25  # same size: the resize is the identity
     with torch.no_grad():
         torch.testing.assert_close(out["logits"], model(x), rtol=1e-4, atol=1e-4)
@@ -122,11 +122,11 @@ def test_predict_default_transform_from_model_attributes():
 def test_predict_errors():
     model = TinyClassifier()
     with pytest.raises(ValueError, match="pass transform="):
-        lt.predict(model, InMemory(), progress=False)  # uint8 images, no transform, model has no mean/std
+        lt.metrics.predict(model, InMemory(), progress=False)  # uint8 images, no transform, model has no mean/std
     empty = InMemory()
     empty.images, empty.targets = empty.images[:0], empty.targets[:0]
     with pytest.raises(ValueError, match="empty"):
-        lt.predict(model, empty, transform=to_float, progress=False)
+        lt.metrics.predict(model, empty, transform=to_float, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------ accuracies
@@ -134,33 +134,33 @@ def test_per_class_accuracy_against_loop():
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(200, 5, generator=g)
     labels = torch.randint(0, 4, (200,), generator=g)  # class 4 never occurs
-    per_class = lt.per_class_accuracy(logits, labels, 5)
+    per_class = lt.metrics.per_class_accuracy(logits, labels, 5)
     preds = logits.argmax(1)
     for c in range(4):
         sel = labels == c
         assert per_class[c].item() == pytest.approx(100 * (preds[sel] == c).float().mean().item(), rel=1e-6)
     assert math.isnan(per_class[4])
-    torch.testing.assert_close(lt.per_class_accuracy(preds, labels, 5), per_class, equal_nan=True)
+    torch.testing.assert_close(lt.metrics.per_class_accuracy(preds, labels, 5), per_class, equal_nan=True)
     assert lt.accuracy(logits, labels) == pytest.approx(100 * (preds == labels).float().mean().item())
-    assert lt.per_class_accuracy(logits, labels).shape == (5,)  # width of the logits
+    assert lt.metrics.per_class_accuracy(logits, labels).shape == (5,)  # width of the logits
 
 
 def test_group_accuracy_and_matrix():
     per_class = torch.tensor([100.0, 50.0, 0.0, 30.0, float("nan"), 80.0])
     d_groups = torch.tensor([0, 0, 1, 1, 2, 2])
     p_groups = torch.tensor([0, 1, 0, 1, 0, 0])
-    torch.testing.assert_close(lt.group_accuracy(per_class, d_groups), torch.tensor([75.0, 15.0, 80.0]))
-    acc = lt.group_accuracy(per_class, torch.tensor([0, 0, 0, 1, 1, 1]))
+    torch.testing.assert_close(lt.metrics.group_accuracy(per_class, d_groups), torch.tensor([75.0, 15.0, 80.0]))
+    acc = lt.metrics.group_accuracy(per_class, torch.tensor([0, 0, 0, 1, 1, 1]))
     assert math.isnan(acc[2])  # empty group
-    matrix, counts = lt.group_matrix(per_class, d_groups, p_groups, return_counts=True)
+    matrix, counts = lt.metrics.group_matrix(per_class, d_groups, p_groups, return_counts=True)
     nan = float("nan")
     expected = torch.tensor([[100.0, 50.0, nan], [0.0, 30.0, nan], [80.0, nan, nan]])
     torch.testing.assert_close(matrix, expected, equal_nan=True)
     assert counts.tolist() == [[1, 1, 0], [1, 1, 0], [2, 0, 0]]
     with pytest.raises(ValueError, match="one group index per class"):
-        lt.group_accuracy(per_class, d_groups[:3])
+        lt.metrics.group_accuracy(per_class, d_groups[:3])
     with pytest.raises(ValueError, match=r"\[0, 2\]"):
-        lt.group_matrix(per_class, d_groups + 1, p_groups)
+        lt.metrics.group_matrix(per_class, d_groups + 1, p_groups)
 
 
 def test_accuracy_report():
@@ -170,7 +170,7 @@ def test_accuracy_report():
     d_groups, p_groups = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 0, 1, 2])
     report = lt.accuracy_report(logits, labels, d_groups, p_groups)
     assert report["overall"] == pytest.approx(report["mean_per_class"], rel=1e-5)  # balanced set
-    torch.testing.assert_close(report["d_group"], lt.group_accuracy(report["per_class"], d_groups))
+    torch.testing.assert_close(report["d_group"], lt.metrics.group_accuracy(report["per_class"], d_groups))
     assert report["matrix"].shape == (3, 3) and report["matrix_counts"].sum() == 6
     assert "matrix" not in lt.accuracy_report(logits, labels, d_groups)
 
@@ -203,8 +203,8 @@ def test_knn_accuracy_on_separable_clusters():
     bank_labels, query_labels = torch.arange(4).repeat(10), torch.arange(4).repeat(5)
     bank = centers[bank_labels] + torch.randn(40, 16, generator=g)
     query = centers[query_labels] + torch.randn(20, 16, generator=g)
-    assert lt.knn_accuracy(bank, bank_labels, query, query_labels, k=10) == 100.0
-    assert lt.knn_accuracy(bank, bank_labels, query, (query_labels + 1) % 4, k=10) == 0.0
+    assert lt.metrics.knn_accuracy(bank, bank_labels, query, query_labels, k=10) == 100.0
+    assert lt.metrics.knn_accuracy(bank, bank_labels, query, (query_labels + 1) % 4, k=10) == 0.0
 
 
 def test_knn_errors():
@@ -222,8 +222,8 @@ def test_knn_errors():
 @pytest.mark.gpu
 def test_predict_and_knn_on_cuda_match_cpu():
     model, data = OnePass(), InMemory(n=20)
-    cpu = lt.predict(model, data, batch_size=8, transform=to_float, progress=False, device="cpu")
-    gpu = lt.predict(model, data, batch_size=8, transform=to_float, progress=False, device="cuda")  # autocast
+    cpu = lt.metrics.predict(model, data, batch_size=8, transform=to_float, progress=False, device="cpu")
+    gpu = lt.metrics.predict(model, data, batch_size=8, transform=to_float, progress=False, device="cuda")  # autocast
     assert gpu["logits"].device.type == "cpu" and gpu["logits"].dtype == torch.float32
     torch.testing.assert_close(gpu["logits"], cpu["logits"], rtol=2e-2, atol=2e-2)
     bank, labels = torch.randn(50, 8), torch.randint(0, 3, (50,))

@@ -1,7 +1,5 @@
 """The foundation-model zoo, heads, classifiers and checkpoints, on tiny open_clip models built offline."""
-import importlib
 import json
-import sys
 import types
 
 import open_clip
@@ -10,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 
+import lt_utils.lab as lab
 import lt_utils.models as models
 from lt_utils.models import (FOUNDATION_MODELS, CosineHead, LinearHead, build_classifier, load_checkpoint,
                              load_foundation_model, register_foundation_model, save_checkpoint,
@@ -42,11 +41,11 @@ def images():
 
 # --- the zoo -----------------------------------------------------------------------------------------------------
 def test_real_pairs_exist_in_open_clip():
-    real = {n: pair for n, pair in FOUNDATION_MODELS.items() if pair[0] != models.LAB_ARCH}
+    real = {n: pair for n, pair in FOUNDATION_MODELS.items() if pair[0] != lab.LAB_ARCH}
     assert set(real) == {"clip", "openclip", "metaclip"}
     for pair in real.values():
         assert pair in open_clip.list_pretrained()
-    assert {n for n, (a, _) in FOUNDATION_MODELS.items() if a == models.LAB_ARCH} >= {
+    assert {n for n, (a, _) in FOUNDATION_MODELS.items() if a == lab.LAB_ARCH} >= {
         "lab-clip", "lab-openclip", "lab-metaclip", "lab-clip-s1", "lab-clip-s2"}
 
 
@@ -167,11 +166,6 @@ LAB_VIT = dict(image_size=16, patch_size=4, width=24, layers=2, heads=2, mlp_rat
 
 @pytest.fixture
 def fake_lab(monkeypatch):
-    try:
-        lab = importlib.import_module("lt_utils.lab")
-    except ImportError:  # lab.py not written yet: a stand-in module
-        lab = types.ModuleType("lt_utils.lab")
-        monkeypatch.setitem(sys.modules, "lt_utils.lab", lab)
     calls = []
 
     def pretrain(name, seed=0):
@@ -179,10 +173,10 @@ def fake_lab(monkeypatch):
         torch.manual_seed(len(name))
         vit = VisionTransformer(**LAB_VIT)
         return dict(state_dict=vit.state_dict(), class_embeddings=torch.randn(5, 12),
-                    classnames=[f"class{i}" for i in range(5)], logit_scale=30.0)
+                    classnames=[f"class{i}" for i in range(5)], logit_scale=30.0, mean=[0.5] * 3, std=[0.25] * 3)
 
-    monkeypatch.setattr(lab, "LAB_VIT", LAB_VIT, raising=False)
-    monkeypatch.setattr(lab, "pretrain", pretrain, raising=False)
+    monkeypatch.setattr(lab, "LAB_VIT", LAB_VIT)
+    monkeypatch.setattr(lab, "pretrain", pretrain)
     return calls
 
 

@@ -31,7 +31,7 @@ def test_recovers_planted_prior_rank(noise, evidence, seed):
     est, temperature = lt.estimate_prior(logits, labels, steps=500, return_temperature=True)
     assert lt.rank_correlation(prior, est) >= 0.95
     # the estimate solves GLA's problem: its gradient (mean prediction - label frequency) vanishes
-    assert lt.prior_optimality_gap(logits, labels, est, temperature) < 1e-4
+    assert lt.prior.prior_optimality_gap(logits, labels, est, temperature) < 1e-4
 
 
 def test_noise_free_recovery_is_exact():
@@ -59,10 +59,10 @@ def test_calibration_matches_confidence_to_accuracy():
     logits, labels, _ = planted(noise=1.5)
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     for scale in (0.3, 1.0, 4.0):  # under- and over-confident versions of the same model
-        temperature = lt.calibrate_temperature(logits * scale, labels, tol=1e-3)
+        temperature = lt.prior.calibrate_temperature(logits * scale, labels, tol=1e-3)
         assert 0.1 <= temperature <= 10
         assert abs(mean_confidence(logits * scale, temperature) - accuracy) <= 1e-3
-    assert lt.calibrate_temperature(logits * 4.0, labels) > lt.calibrate_temperature(logits * 0.3, labels)
+    assert lt.prior.calibrate_temperature(logits * 4.0, labels) > lt.prior.calibrate_temperature(logits * 0.3, labels)
 
 
 def test_calibration_removes_logit_scale():
@@ -77,16 +77,16 @@ def test_temperature_bounds_warn():
     labels = torch.arange(5).repeat(4)
     perfect = 0.01 * F.one_hot(labels, 5).float()  # always right, almost uniform softmax: needs T < 0.1
     with pytest.warns(UserWarning, match="under-confident"):
-        assert lt.calibrate_temperature(perfect, labels) == 0.1
+        assert lt.prior.calibrate_temperature(perfect, labels) == 0.1
     wrong = 100 * F.one_hot((labels + 1) % 5, 5).float()  # always wrong and sure of it
     with pytest.warns(UserWarning, match="over-confident"):
-        assert lt.calibrate_temperature(wrong, labels) == 10.0
+        assert lt.prior.calibrate_temperature(wrong, labels) == 10.0
 
 
 def test_return_temperature():
     logits, labels, _ = planted(num_classes=10)
     _, temperature = lt.estimate_prior(logits, labels, steps=10, return_temperature=True)
-    assert temperature == lt.calibrate_temperature(logits, labels)
+    assert temperature == lt.prior.calibrate_temperature(logits, labels)
     _, temperature = lt.estimate_prior(logits, labels, calibrate=False, steps=10, return_temperature=True)
     assert temperature == 1.0
 

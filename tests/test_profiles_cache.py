@@ -54,17 +54,17 @@ def test_profile_is_frozen_and_replace_makes_a_copy():
 
 
 def test_set_seed_makes_draws_repeat():
-    lt.set_seed(3)
+    lt.profiles.set_seed(3)
     a = torch.rand(4)
-    lt.set_seed(3)
+    lt.profiles.set_seed(3)
     assert torch.equal(a, torch.rand(4))
 
 
 def test_get_device_honours_a_preference():
-    assert lt.get_device("cpu") == torch.device("cpu")
+    assert lt.profiles.get_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="GPU"):
-            lt.get_device("cuda")
+            lt.profiles.get_device("cuda")
 
 
 # --- cache
@@ -76,9 +76,9 @@ class _Plain:
 
 
 def test_cache_dir_follows_lt_cache_dir(tmp_cache, monkeypatch):
-    assert lt.cache_dir() == tmp_cache
+    assert lt.cache.cache_dir() == tmp_cache
     monkeypatch.delenv("LT_CACHE_DIR")
-    assert lt.cache_dir().parts[-2:] == (".cache", "lt_utils")
+    assert lt.cache.cache_dir().parts[-2:] == (".cache", "lt_utils")
 
 
 def test_cached_computes_once_then_reloads(tmp_cache):
@@ -103,14 +103,14 @@ def test_a_changed_key_recomputes(tmp_cache):
     lt.cached("runs", {"seed": 0}, lambda: calls.append(0) or torch.zeros(1))
     lt.cached("runs", {"seed": 1}, lambda: calls.append(1) or torch.ones(1))
     assert calls == [0, 1]
-    assert lt.cache_key({"a": 1, "b": 2}) == lt.cache_key({"b": 2, "a": 1}), "key order does not matter"
-    assert lt.cache_key({"a": 1}) != lt.cache_key({"a": 2})
+    assert lt.cache.cache_key({"a": 1, "b": 2}) == lt.cache.cache_key({"b": 2, "a": 1}), "key order does not matter"
+    assert lt.cache.cache_key({"a": 1}) != lt.cache.cache_key({"a": 2})
 
 
 def test_the_source_of_depends_on_is_part_of_the_key():
     key = {"a": 1}
-    assert lt.cache_key(key, depends_on=["profiles"]) != lt.cache_key(key, depends_on=["cache"])
-    assert lt.cache_key(key, depends_on=["profiles"]) == lt.cache_key(key, depends_on=["profiles"])
+    assert lt.cache.cache_key(key, depends_on=["profiles"]) != lt.cache.cache_key(key, depends_on=["cache"])
+    assert lt.cache.cache_key(key, depends_on=["profiles"]) == lt.cache.cache_key(key, depends_on=["profiles"])
 
 
 def test_a_corrupted_file_is_recomputed(tmp_cache):
@@ -121,7 +121,7 @@ def test_a_corrupted_file_is_recomputed(tmp_cache):
     calls = []
     value = lt.cached("runs", key, lambda: calls.append(1) or torch.full((3,), 2.0))
     assert calls == [1] and torch.equal(value, torch.full((3,), 2.0))
-    assert torch.equal(lt.safe_torch_load(path), value), "the repaired file is on disk"
+    assert torch.equal(lt.cache.safe_torch_load(path), value), "the repaired file is on disk"
 
 
 def test_a_failed_compute_leaves_nothing_behind(tmp_cache):
@@ -135,10 +135,10 @@ def test_a_failed_compute_leaves_nothing_behind(tmp_cache):
 
 def test_atomic_save_keeps_the_old_file_when_saving_fails(tmp_path):
     path = tmp_path / "x.pt"
-    lt.atomic_torch_save({"w": torch.ones(2)}, path)
+    lt.cache.atomic_torch_save({"w": torch.ones(2)}, path)
     with pytest.raises(Exception):
-        lt.atomic_torch_save({"f": lambda: 0}, path)  # a lambda cannot be pickled
-    assert torch.equal(lt.safe_torch_load(path)["w"], torch.ones(2))
+        lt.cache.atomic_torch_save({"f": lambda: 0}, path)  # a lambda cannot be pickled
+    assert torch.equal(lt.cache.safe_torch_load(path)["w"], torch.ones(2))
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"], "no temporary file is left"
 
 
@@ -146,9 +146,9 @@ def test_safe_load_refuses_code_and_names_missing_files(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"obj": _Plain(1)}, path)  # an arbitrary object: loading it would run pickle code
     with pytest.raises(RuntimeError, match="delete it"):
-        lt.safe_torch_load(path)
+        lt.cache.safe_torch_load(path)
     with pytest.raises(FileNotFoundError):
-        lt.safe_torch_load(tmp_path / "missing.pt")
+        lt.cache.safe_torch_load(tmp_path / "missing.pt")
 
 
 def test_lt_no_cache_always_recomputes(tmp_cache, monkeypatch):

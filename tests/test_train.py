@@ -1,6 +1,5 @@
-"""lt.train on tiny stand-ins (a small nn.Module, an in-memory dataset): recipe, seeding, micro-batching,
+"""lt.training.train on tiny stand-ins (a small nn.Module, an in-memory dataset): recipe, seeding, micro-batching,
 checkpoint/resume, NaN handling, the DataLoader path."""
-import importlib
 import math
 
 import pytest
@@ -8,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lt_utils.train import epoch_indices, train
+from lt_utils.training import epoch_indices, train
 
-lt_train = importlib.import_module("lt_utils.train")  # the module (``lt_utils.train`` is the function)
+import lt_utils.training as lt_train
 
 
 class TinyImages:

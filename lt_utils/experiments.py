@@ -1,0 +1,63 @@
+"""The book's experiments that span many runs: the headline comparison over seeds (chapter 5, the results page)."""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from .backdoor import backdoor_adjust
+from .groups import data_groups, prior_groups
+from .lab import upstream_priors
+from .metrics import accuracy, accuracy_report, report_row
+from .runs import estimate_pretrain_prior, fine_tune, resolve_profile, zero_shot
+
+
+def headline_comparison(profile=None, seeds=None) -> pd.DataFrame:
+    """The book's headline comparison over fine-tuning seeds (chapter 5 and the results page), from cached runs.
+
+    For each seed: CE, LA, GLA-Train and LA + post-hoc ``-log P^_P`` on the profile's first model; the best single
+    LA model (chosen on val); the same-backbone control (LA, ``profile.control_models``, fused by logit sum);
+    backdoor adjustment (LA, ``profile.models``, logit sum); and, for reference, the first model's zero-shot.
+    P-groups come from the estimated pre-training prior of the method's member models (their mean for an
+    ensemble) and, in the lab, also from the true prior.
+
+    Args:
+        profile: a ``Profile`` or its name (None: ``$LT_PROFILE``).
+        seeds: fine-tuning seeds (default: the profile's); missing runs are fine-tuned.
+
+    Returns:
+        A DataFrame with one row per (seed, method, P-groups source) and ``lt.report_row``'s columns (percent).
+    """
+    profile = resolve_profile(profile)
+    seeds = profile.seeds if seeds is None else tuple(seeds)
+    main = profile.models[0]
+    same_backbone = len(set(profile.control_models)) == 1  # e.g. clip: one backbone, fine-tuning seeds differ
+    est_prior = {m: estimate_pretrain_prior(profile, m) for m in dict.fromkeys(profile.models + profile.control_models)}
+    priors = {"estimated": est_prior}
+    if profile.dataset == "lab":
+        priors["true"] = upstream_priors()
+    rows = []
+    for seed in seeds:
+        la = {m: fine_tune(profile, m, loss="la", seed=seed, progress=False) for m in profile.models}
+        ce = fine_tune(profile, main, loss="ce", seed=seed, progress=False)
+        gla = fine_tune(profile, main, loss="gla_train", seed=seed, pretrain_prior=est_prior[main], progress=False)
+        control = [fine_tune(profile, m, loss="la", seed=seed + i if same_backbone else seed, progress=False)
+                   for i, m in enumerate(profile.control_models)]
+        best = max(profile.models, key=lambda m: accuracy(la[m]["val"]["logits"], la[m]["val"]["labels"]))
+        methods = {  # name -> (test logits, the models whose prior defines the P-groups)
+            f"zero-shot ({main})": (zero_shot(profile, main, progress=False)["test"]["logits"], [main]),
+            f"CE ({main})": (ce["test"]["logits"], [main]),
+            f"LA ({main})": (la[main]["test"]["logits"], [main]),
+            f"GLA-Train ({main})": (gla["test"]["logits"], [main]),
+            f"LA + post-hoc ({main})": (la[main]["test"]["logits"] - est_prior[main].clamp_min(1e-12).log(), [main]),
+            "LA, best single (by val)": (la[best]["test"]["logits"], [best]),
+            "same backbone x3": (backdoor_adjust([r["test"]["logits"] for r in control]), list(profile.control_models)),
+            "backdoor x3": (backdoor_adjust([la[m]["test"]["logits"] for m in profile.models]), list(profile.models)),
+        }
+        labels = la[main]["test"]["labels"]
+        d_groups = data_groups(la[main]["class_counts"])
+        for method, (logits, members) in methods.items():
+            for source, prior in priors.items():
+                p_groups = prior_groups(torch.stack([prior[m] for m in members]).mean(0))
+                report = accuracy_report(logits, labels, d_groups=d_groups, p_groups=p_groups)
+                rows.append(report_row(report, seed=seed, method=method, **{"P-groups from": source}))
+    return pd.DataFrame(rows)

@@ -1,0 +1,233 @@
+"""The cached runs every chapter calls: ``zero_shot`` and ``fine_tune`` of a foundation model under a profile,
+the pre-training prior estimate, and the classifier of a cached run."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .augment import TensorAugment, preprocessing
+from .cache import cache_dir, cache_key, cached
+from .data import dataset_spec, is_in_memory, load_dataset
+from .distributed import dist_info
+from .losses import LOSS_NAMES, make_loss
+from .metrics import predict
+from .models import build_classifier, load_foundation_model, model_modules
+from .prior import estimate_prior
+from .profiles import Profile, set_seed
+from .profiles import profile as get_profile
+from .training import load_trainable_state, train, trainable_state
+
+
+# The lt_utils modules whose code a zero-shot / fine-tuning run executes (their source is part of the cache key),
+# besides the modules that load the run's dataset and model (``run_modules``).
+ZERO_SHOT_MODULES = ("runs", "profiles", "data", "augment", "models", "metrics")
+FINE_TUNE_MODULES = ZERO_SHOT_MODULES + ("peft", "losses", "training", "distributed", "prior")
+
+
+def resolve_profile(profile) -> Profile:
+    """``profile`` itself, or the profile of that name (None: ``$LT_PROFILE``)."""
+    return profile if isinstance(profile, Profile) else get_profile(profile)
+
+
+def run_modules(profile: Profile, model_name: str, base: tuple) -> tuple:
+    """``base`` plus the modules that make the profile's dataset and the model (e.g. ``"lab"``)."""
+    return tuple(dict.fromkeys(base + dataset_spec(profile.dataset).modules + model_modules(model_name)))
+
+
+def _data_key(profile: Profile) -> dict:
+    """The profile settings that change the data and the model inputs."""
+    return dict(dataset=profile.dataset, imbalance_ratio=profile.imbalance_ratio, image_size=profile.image_size)
+
+
+def _load_splits(profile: Profile, fm) -> dict:
+    """train/val/test of the profile's dataset. CIFAR-100-LT has no val split: its balanced test set serves as
+    val too (as in LIFT). Image-file datasets get the model's torchvision transforms; in-memory ones are
+    transformed batch-wise on the device instead (``test_transform``)."""
+    splits = {}
+    for split in ("train", "val", "test"):
+        source = "test" if split == "val" and profile.dataset == "cifar100_lt" else split
+        data = load_dataset(profile.dataset, profile.data_root, source, imbalance_ratio=profile.imbalance_ratio)
+        if not is_in_memory(data):
+            data.transform = fm.train_transform if split == "train" else fm.test_transform
+        splits[split] = data
+    return splits
+
+
+def _batch_transform(profile: Profile, model, train: bool) -> TensorAugment:
+    """Batched uint8 -> normalised float on the device, for in-memory datasets. Lab images are drawn at the
+    model's size; CIFAR follows LIFT (``lt_utils.augment.preprocessing``)."""
+    return preprocessing(model, train=train, native_size=profile.dataset == "lab")
+
+
+def _predict_splits(model, splits: dict, profile: Profile, fm, device, progress: bool = True) -> dict:
+    out = {}
+    for split in ("val", "test"):
+        data = splits[split]
+        transform = _batch_transform(profile, fm, train=False) if is_in_memory(data) else None
+        result = predict(model, data, device=device, transform=transform, num_workers=profile.num_workers,
+                         progress=progress)
+        out[split] = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in result.items()}
+    return out
+
+
+def zero_shot(profile=None, model_name: str | None = None, progress: bool = True) -> dict:
+    """The frozen foundation model's zero-shot logits and pre-projection features on val and test (cached).
+
+    Taught in chapter 1 (zero-shot accuracy is not lowest on D-Few) and used in chapters 2-5.
+
+    Args:
+        profile: a ``Profile`` or its name (None: ``$LT_PROFILE``).
+        model_name: a ``lt.models.FOUNDATION_MODELS`` name, e.g. ``P.models[0]``. Real CLIP models use the
+            80-prompt template ensemble; the lab models look their class embeddings up.
+        progress: show progress bars.
+
+    Returns:
+        ``dict(model, templates, val=dict(logits, features, labels), test=dict(...))``, tensors on the CPU.
+    """
+    profile = resolve_profile(profile)
+    if not model_name:
+        raise ValueError(f"Name a foundation model, e.g. one of {profile.models}.")
+    templates = "single" if profile.dataset == "lab" else "ensemble"
+    key = dict(_data_key(profile), model=model_name, templates=templates)
+
+    def compute():
+        fm = load_foundation_model(model_name, device=profile.device)
+        splits = _load_splits(profile, fm)
+        model = fm.zero_shot_classifier(splits["test"].classnames, templates=templates)
+        outputs = _predict_splits(model, splits, profile, fm, profile.device, progress)
+        return dict(model=model_name, templates=templates, **outputs)
+
+    return cached("zeroshot", key, compute, depends_on=run_modules(profile, model_name, ZERO_SHOT_MODULES))
+
+
+def estimate_pretrain_prior(profile=None, model_name: str | None = None) -> torch.Tensor:
+    """GLA's estimate of a foundation model's pre-training prior, from its zero-shot logits on the val set.
+
+    Taught in chapter 2 (where ``lt.estimate_prior`` is written out); used in chapters 3-5.
+
+    Args:
+        profile: a ``Profile`` or its name (None: ``$LT_PROFILE``).
+        model_name: a foundation model name.
+
+    Returns:
+        FloatTensor with one probability per class (sums to 1).
+    """
+    val = zero_shot(profile, model_name)["val"]
+    return estimate_prior(val["logits"], val["labels"])
+
+
+def fine_tune(profile=None, model_name: str | None = None, loss: str = "la", seed: int = 0, peft: str | None = None,
+              epochs: int | None = None, pretrain_prior=None, progress: bool = True) -> dict:
+    """Fine-tune one foundation model on the profile's long-tailed training set (load-or-compute, cached).
+
+    The chapters' one call (chapters 1-5): PEFT + cosine head initialised from the text features, trained by
+    ``lt.training.train`` with the profile's recipe, then evaluated on val and test. The cache key holds the
+    profile settings that matter, the model, loss, seed, PEFT, epochs and the prior, and the source of the
+    modules the run executes; an interrupted run resumes from its last epoch.
+
+    Args:
+        profile: a ``Profile`` or its name (None: ``$LT_PROFILE``).
+        model_name: a foundation model name, e.g. ``P.models[0]``.
+        loss: ``"ce" | "la" | "bs" | "gla_train"`` (see ``lt.losses.make_loss``).
+        seed: seeds the adapters' initialisation, the data order and the augmentation.
+        peft: the PEFT method (default: the profile's, AdaptFormer).
+        epochs: default: the profile's.
+        pretrain_prior: the prior GLA-Train subtracts; None: GLA's estimate from the zero-shot logits.
+        progress: show progress bars.
+
+    Returns:
+        On the CPU: ``dict(model, loss, seed, peft, epochs, history, trainable_state, trainable_params,
+        classnames, class_counts, data_prior, pretrain_prior, train_time_s, val=dict(logits, features, labels),
+        test=dict(...))``.
+    """
+    profile = resolve_profile(profile)
+    if not model_name:
+        raise ValueError(f"Name a foundation model, e.g. one of {profile.models}.")
+    if loss not in LOSS_NAMES:
+        raise ValueError(f"Unknown loss {loss!r}; choose one of {', '.join(LOSS_NAMES)}.")
+    peft = peft or profile.peft
+    epochs = profile.epochs if epochs is None else int(epochs)
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}.")
+    if loss != "gla_train":
+        pretrain_prior = None  # only GLA-Train's loss uses it
+    elif pretrain_prior is None:
+        pretrain_prior = estimate_pretrain_prior(profile, model_name)
+    if pretrain_prior is not None:
+        pretrain_prior = torch.as_tensor(pretrain_prior, dtype=torch.float32).cpu()
+    key = dict(_data_key(profile), model=model_name, loss=loss, seed=int(seed), peft=peft, epochs=epochs,
+               batch_size=profile.batch_size, lr=profile.lr, momentum=profile.momentum,
+               weight_decay=profile.weight_decay, tau=profile.tau, amp=profile.amp,
+               pretrain_prior=None if pretrain_prior is None else [round(p, 8) for p in pretrain_prior.tolist()])
+    modules = run_modules(profile, model_name, FINE_TUNE_MODULES)
+    checkpoint_dir = cache_dir() / "finetune_checkpoints" / cache_key(key, modules)
+
+    def compute():
+        device = profile.device
+        fm = load_foundation_model(model_name, device=device)
+        splits = _load_splits(profile, fm)
+        train_set = splits["train"]
+        # the adapters' random init is part of the run: seed it, so the same seed gives the same result in any
+        # process (whatever ran before it there, e.g. pre-training a lab model)
+        set_seed(seed)
+        model = build_classifier(fm, train_set.classnames, peft=peft)
+        class_counts = torch.as_tensor(train_set.class_counts).long().cpu()
+        data_prior = class_counts.double() / class_counts.sum()
+        loss_fn = make_loss(loss, data_prior.float(), pretrain_prior, profile.tau)
+        augment = _batch_transform(profile, fm, train=True) if is_in_memory(train_set) else None
+        start = time.perf_counter()
+        history = train(model, train_set, loss_fn, epochs=epochs, batch_size=profile.batch_size,
+                        micro_batch_size=profile.micro_batch_size, lr=profile.lr, momentum=profile.momentum,
+                        weight_decay=profile.weight_decay, device=device, amp=profile.amp, seed=seed,
+                        augment=augment, checkpoint_dir=checkpoint_dir, progress=progress,
+                        num_workers=profile.num_workers)
+        train_time_s = time.perf_counter() - start
+        outputs = _predict_splits(model, splits, profile, fm, device, progress)
+        if dist_info()[1] == 0:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the result below replaces it
+        return dict(model=model_name, loss=loss, seed=int(seed), peft=peft, epochs=epochs, history=history,
+                    trainable_state=trainable_state(model, buffers=False),
+                    trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                    classnames=list(train_set.classnames), class_counts=class_counts,
+                    data_prior=data_prior.float(), pretrain_prior=pretrain_prior, train_time_s=train_time_s,
+                    **outputs)
+
+    return cached("finetune", key, compute, depends_on=modules)
+
+
+def load_fine_tuned(profile=None, model_name: str | None = None, loss: str = "la", seed: int = 0,
+                    peft: str | None = None, epochs: int | None = None, pretrain_prior=None) -> nn.Module:
+    """The classifier of a ``fine_tune`` run, for analyses that need the model itself (chapter 4: Grad-CAM and
+    inference cost), not just its cached outputs.
+
+    Args:
+        profile, model_name, loss, seed, peft, epochs, pretrain_prior: as for ``fine_tune`` (the run is
+            fine-tuned first when it is not cached yet).
+
+    Returns:
+        The ``Classifier`` with its trained weights, in eval mode on the profile's device.
+    """
+    profile = resolve_profile(profile)
+    run = fine_tune(profile, model_name, loss=loss, seed=seed, peft=peft, epochs=epochs,
+                    pretrain_prior=pretrain_prior, progress=False)
+    fm = load_foundation_model(model_name, device=profile.device)
+    model = build_classifier(fm, run["classnames"], peft=run["peft"], copy=False)
+    load_trainable_state(model, run["trainable_state"], Path(f"the cached {loss} run of {model_name}"))
+    return model.to(profile.device).eval()
+
+
+def test_transform(profile, model) -> TensorAugment:
+    """The test-time preprocessing that ``fine_tune`` and ``zero_shot`` use (chapter 4 times models with it).
+
+    Args:
+        profile: a ``Profile`` or its name.
+        model: a foundation model or classifier (it carries ``image_size``, ``mean`` and ``std``).
+
+    Returns:
+        A ``TensorAugment``: uint8 batch -> normalised float batch, on the batch's device.
+    """
+    return _batch_transform(resolve_profile(profile), model, train=False)
