@@ -10,7 +10,7 @@ from . import (augment, backdoor, cache, data, distributed, experiments, explain
 from .backdoor import backdoor_adjust
 from .cache import cached
 from .data import balanced_subset, load_dataset
-from .experiments import headline_comparison
+from .experiments import control_runs, headline_comparison
 from .explain import count_flops, grad_cam, inference_cost
 from .groups import GROUP_NAMES, data_groups, prior_groups
 from .losses import cross_entropy_loss, gla_train_loss, logit_adjusted_loss
@@ -40,7 +40,7 @@ __all__ = [
     "backdoor_adjust",
     # cached runs and experiments
     "zero_shot", "fine_tune", "estimate_pretrain_prior", "load_fine_tuned", "test_transform",
-    "headline_comparison",
+    "headline_comparison", "control_runs",
     # explaining and costing
     "grad_cam", "count_flops", "inference_cost",
     # figures and prose

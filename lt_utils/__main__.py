@@ -10,8 +10,10 @@ backdoor adjustment, without a forward pass. Multi-GPU: ``torchrun --nproc_per_n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from .distributed import dist_info
 from .groups import data_groups, prior_groups
 from .lab import upstream_priors
 from .losses import LOSS_NAMES
-from .metrics import accuracy, accuracy_report
+from .metrics import accuracy, accuracy_report, check_finite
 from .models import build_classifier, load_foundation_model, save_checkpoint
 from .peft import PEFT_METHODS
 from .prior import rank_correlation
@@ -34,6 +36,7 @@ from .runs import estimate_pretrain_prior, fine_tune, zero_shot
 
 RUN_FILES = dict(config="config.json", metrics="metrics.json", weights="adapter_head.safetensors",
                  logits="logits.pt")
+RUN_ENTRIES = ("model", "test", "class_counts", "pretrain_prior_estimate")  # what `eval` reads from logits.pt
 
 
 def _positive_int(text: str) -> int:
@@ -120,24 +123,53 @@ def _report(logits, labels, d_groups, p_groups=None) -> dict:
     return {k: _as_json(report[k]) for k in keep if k in report}
 
 
+def _check_out(path: Path | None, folder: bool) -> None:
+    """Refuse an --out that cannot be written before any work is done (training takes minutes)."""
+    if path is None:
+        return
+    if folder and path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file; give a folder (RUN_DIR) to write the run into.")
+    if not folder and path.is_dir():
+        raise ValueError(f"--out {path} is a folder; give a file name, e.g. {path / 'result.json'}.")
+    ancestor = path if folder else path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"--out {path} cannot be created: {ancestor} is a file, not a folder.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {path} cannot be created: no write permission in {ancestor}.")
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """A failed write (disk full, permissions) as a usage error that names the path."""
+    try:
+        yield
+    except OSError as err:
+        raise ValueError(f"could not write {path} ({err}); choose another --out.") from err
+
+
 def _write_json(obj, path: Path | None) -> None:
     text = json.dumps(obj, indent=1, allow_nan=False)
     if path is None:
         print(text)
     else:
-        atomic_write_text(text + "\n", path)
+        with _writing(path):
+            atomic_write_text(text + "\n", path)
         print(f"wrote {path}")
 
 
 def cmd_train(args) -> None:
     profile = args.profile
+    _check_out(args.out, folder=True)
     if args.distributed:
         dist_info(True)
     result = fine_tune(profile, args.model, loss=args.loss, seed=args.seed, peft=args.peft, epochs=args.epochs)
     if dist_info()[1] != 0:
         return  # rank 0 writes the run folder
     pretrain_prior = estimate_pretrain_prior(profile, args.model)
-    d_groups, p_groups = data_groups(result["class_counts"]), prior_groups(pretrain_prior)
+    d_groups = data_groups(result["class_counts"], reference=result["group_counts"])  # IR 100's groups at any IR
+    p_groups = prior_groups(pretrain_prior)
     test, val = result["test"], result["val"]
     metrics = dict(test=_report(test["logits"], test["labels"], d_groups, p_groups),
                    val=_report(val["logits"], val["labels"], d_groups, p_groups),
@@ -146,20 +178,23 @@ def cmd_train(args) -> None:
                    train_time_s=result["train_time_s"], history=result["history"])
 
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     model = build_classifier(load_foundation_model(args.model, device="cpu"), result["classnames"],
                              peft=result["peft"])
     model.load_state_dict(result["trainable_state"], strict=False)
-    save_checkpoint(out / RUN_FILES["weights"], model, meta=dict(model=args.model, loss=args.loss, seed=args.seed,
-                                                                  peft=result["peft"], epochs=result["epochs"]))
     logits = {split: {k: result[split][k] for k in ("logits", "labels")} for split in ("val", "test")}
-    atomic_torch_save(dict(model=args.model, **logits, class_counts=result["class_counts"],
-                           pretrain_prior_estimate=pretrain_prior), out / RUN_FILES["logits"])
     config = dict(command="train", model=args.model, loss=args.loss, seed=args.seed, peft=result["peft"],
                   epochs=result["epochs"], trainable_params=result["trainable_params"],
                   profile=profile.as_dict(), lt_utils_version=__version__)
-    atomic_write_text(json.dumps(config, indent=1) + "\n", out / RUN_FILES["config"])
-    atomic_write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n", out / RUN_FILES["metrics"])
+    with _writing(out):  # the training is cached: another --out costs no second run
+        out.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(out / RUN_FILES["weights"], model, meta=dict(model=args.model, loss=args.loss,
+                                                                      seed=args.seed, peft=result["peft"],
+                                                                      epochs=result["epochs"]))
+        atomic_torch_save(dict(model=args.model, **logits, class_counts=result["class_counts"],
+                               group_counts=result["group_counts"], pretrain_prior_estimate=pretrain_prior),
+                          out / RUN_FILES["logits"])
+        atomic_write_text(json.dumps(config, indent=1) + "\n", out / RUN_FILES["config"])
+        atomic_write_text(json.dumps(metrics, indent=1, allow_nan=False) + "\n", out / RUN_FILES["metrics"])
     t = metrics["test"]
     print(f"{args.model} ({args.loss}, seed {args.seed}): test accuracy {t['overall']:.2f}%  "
           f"D-groups {_fmt(t['d_group'])}  P-groups {_fmt(t['p_group'])}  -> {out}")
@@ -170,14 +205,40 @@ def _fmt(values) -> str:
 
 
 def _load_run(run_dir: Path) -> dict:
+    """A run folder's logits file, checked: the entries `train` writes, tensors, finite test logits."""
     path = Path(run_dir) / RUN_FILES["logits"]
+    make = f"python -m lt_utils train --model NAME --out {run_dir}"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no {RUN_FILES['logits']}: make it with "
-                                f"`python -m lt_utils train --model NAME --out {run_dir}` first.")
-    return safe_torch_load(path)
+        raise FileNotFoundError(f"{run_dir} holds no {RUN_FILES['logits']}: make it with `{make}` first.")
+    again = f"make it again with `{make}`"
+    try:
+        run = safe_torch_load(path)
+    except RuntimeError as err:  # corrupt or foreign file: bad input, not a crash
+        raise ValueError(f"{path} is not a readable torch file: it is damaged or was not written by `train`; "
+                         f"{again}.") from err
+    if not isinstance(run, dict):
+        raise ValueError(f"{path} holds a {type(run).__name__}, not a run (the dict `train` writes); {again}.")
+    missing = [k for k in RUN_ENTRIES if k not in run]
+    if not missing:
+        missing = [f"test.{k}" for k in ("logits", "labels")
+                   if not isinstance(run["test"], dict) or k not in run["test"]]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(map(repr, missing))}: it was not written by `train`; {again}.")
+    test = run["test"]
+    tensors = dict(test_logits=test["logits"], test_labels=test["labels"], class_counts=run["class_counts"],
+                   pretrain_prior_estimate=run["pretrain_prior_estimate"])
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{path}: {name} is a {type(value).__name__}, not a tensor; {again}.")
+    if test["logits"].ndim != 2 or test["labels"].shape != (len(test["logits"]),):
+        raise ValueError(f"{path}: the test logits {tuple(test['logits'].shape)} and labels "
+                         f"{tuple(test['labels'].shape)} do not match (N x C and N); {again}.")
+    check_finite(test["logits"], f"the test logits of {run_dir}")
+    return run
 
 
 def cmd_eval(args) -> None:
+    _check_out(args.out, folder=False)
     runs = [_load_run(r) for r in args.runs]
     names = [str(r) for r in args.runs]
     first = runs[0]
@@ -188,7 +249,7 @@ def cmd_eval(args) -> None:
                              "combine runs of the same profile only.")
     if args.weights is not None and len(args.weights) != len(runs):
         raise ValueError(f"--weights needs one weight per run ({len(runs)}), got {len(args.weights)}.")
-    d_groups = data_groups(first["class_counts"])
+    d_groups = data_groups(first["class_counts"], reference=first.get("group_counts"))
     labels = first["test"]["labels"]
     fused = backdoor_adjust([r["test"]["logits"] for r in runs], weights=args.weights, mode=args.mode)
     ensemble = _report(fused, labels, d_groups)
@@ -206,6 +267,7 @@ def cmd_eval(args) -> None:
 
 def cmd_estimate_prior(args) -> None:
     profile = args.profile
+    _check_out(args.out, folder=False)
     prior = estimate_pretrain_prior(profile, args.model)
     val = zero_shot(profile, args.model)["val"]
     result = dict(command="estimate-prior", profile=profile.name, model=args.model, prior=prior.tolist(),
@@ -227,14 +289,14 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "estimate-prior": cmd_estimate
 
 
 def main(argv=None) -> int:
-    """Run the CLI; returns the exit status (2 with a usage message for bad arguments or inputs)."""
+    """Run the CLI; returns the exit status (2 with a usage message for bad arguments, inputs or output paths)."""
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 with a usage message on bad arguments
     try:
         if hasattr(args, "profile"):
             args.profile = _resolve_profile(args.profile)
         COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError (FileNotFoundError too): an unreadable or unwritable path
         args.subparser.print_usage(sys.stderr)
         print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,9 @@ import math
 import torch
 from torchvision.transforms import v2
 
+# test-time views: one center crop, or FiveCrop's (torchvision's order: corners, then the center)
+CROPS = {"center": ("center",), "five": ("tl", "tr", "bl", "br", "center")}
+FIVE_CROP_RESIZE = 248  # LIFT's test-time ensembling: Resize(224 + 24), then FiveCrop(224)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -55,7 +58,9 @@ class TensorAugment:
     in ``ratio``, 10 tries then a center crop), a horizontal flip with probability 1/2, resized to ``out_size``;
     ``train=False``: resize the short side to ``test_resize`` (default ``out_size * 8 // 7``, i.e. 256 for 224;
     pass ``test_resize=out_size`` for a plain resize) and center-crop ``out_size``. Both end as normalised
-    float32 (B x 3 x out_size x out_size).
+    float32 (B x 3 x out_size x out_size). ``crops="five"`` (test only) is LIFT's five-crop test-time ensembling:
+    the four corner crops and the center crop of the resized image, returned as 5 x B x 3 x out_size x out_size
+    (``lt.metrics.predict`` averages a model's outputs over the first dimension).
 
     Crop, flip and resize are separable, so the whole batch is two batched matrix products with per-sample
     interpolation matrices: no per-sample Python loop, tensor cores on the GPU. The result equals torchvision's
@@ -64,7 +69,7 @@ class TensorAugment:
     """
 
     def __init__(self, out_size: int, mean=CLIP_MEAN, std=CLIP_STD, train: bool = True, scale=(0.08, 1.0),
-                 ratio=(3 / 4, 4 / 3), flip: bool = True, test_resize: int | None = None):
+                 ratio=(3 / 4, 4 / 3), flip: bool = True, test_resize: int | None = None, crops: str = "center"):
         if int(out_size) != out_size or out_size < 1:
             raise ValueError(f"out_size must be a positive integer, got {out_size!r}.")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
@@ -79,9 +84,15 @@ class TensorAugment:
         self.test_resize = int(test_resize) if test_resize is not None else self.out_size * 8 // 7
         if self.test_resize < self.out_size:
             raise ValueError(f"test_resize ({self.test_resize}) must be >= out_size ({self.out_size}).")
+        if crops not in CROPS:
+            raise ValueError(f"crops must be one of {tuple(CROPS)}, got {crops!r}.")
+        if train and crops != "center":
+            raise ValueError("crops='five' is a test-time ensembling: use it with train=False.")
+        self.crops = crops
 
     def __repr__(self) -> str:
-        mode = f"train, scale={self.scale}, flip={self.flip}" if self.train else f"test, resize={self.test_resize}"
+        mode = (f"train, scale={self.scale}, flip={self.flip}" if self.train
+                else f"test, resize={self.test_resize}, crops={self.crops}")
         return f"TensorAugment({self.out_size}, {mode})"
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -103,17 +114,21 @@ class TensorAugment:
         x = (x - mean) / std
         rand_device = generator.device if generator is not None else x.device
         if self.train:
-            x0, y0, w, h, flip = self._random_boxes(batch, height, width, generator, rand_device)
-        else:
-            x0, y0, w, h = self._center_boxes(batch, height, width, rand_device)
-            flip = torch.zeros(batch, dtype=torch.bool, device=rand_device)
-        # Crop + resize + flip is separable: out = rows @ x @ cols^T, with one (out x H) and one (out x W)
-        # interpolation matrix per sample: two batched matrix products for the whole batch.
-        no_flip = torch.zeros_like(flip)
-        rows = _interpolation_matrix(y0, h, no_flip, height, self.out_size, x.device)
+            out = self._resample(x, *self._random_boxes(batch, height, width, generator, rand_device))
+            return out[0] if single else out
+        no_flip = torch.zeros(batch, dtype=torch.bool, device=rand_device)
+        views = [self._resample(x, *self._test_boxes(batch, height, width, rand_device, where), no_flip)
+                 for where in CROPS[self.crops]]
+        out = views[0] if self.crops == "center" else torch.stack(views)
+        return out[..., 0, :, :, :] if single else out
+
+    def _resample(self, x, x0, y0, w, h, flip):
+        """Crop + resize + flip is separable: out = rows @ x @ cols^T, with one (out x H) and one (out x W)
+        interpolation matrix per sample: two batched matrix products for the whole batch."""
+        height, width = x.shape[-2:]
+        rows = _interpolation_matrix(y0, h, torch.zeros_like(flip), height, self.out_size, x.device)
         cols = _interpolation_matrix(x0, w, flip, width, self.out_size, x.device)
-        out = rows.unsqueeze(1) @ (x @ cols.transpose(1, 2).unsqueeze(1))
-        return out[0] if single else out
+        return rows.unsqueeze(1) @ (x @ cols.transpose(1, 2).unsqueeze(1))
 
     def _random_boxes(self, batch, height, width, generator, device):
         """torchvision's RandomResizedCrop.get_params for a whole batch: 10 tries per sample, first fit wins."""
@@ -147,12 +162,17 @@ class TensorAugment:
             flip = torch.zeros_like(flip)
         return x0, y0, w, h, flip
 
-    def _center_boxes(self, batch, height, width, device):
-        """The input box that Resize(test_resize) + CenterCrop(out_size) shows, as torchvision computes them."""
+    def _test_boxes(self, batch, height, width, device, where="center"):
+        """The input box that Resize(test_resize) then CenterCrop(out_size) (``where="center"``) or one of
+        FiveCrop's corner crops (``"tl" | "tr" | "bl" | "br"``) shows, as torchvision computes them."""
         short, long = (height, width) if height <= width else (width, height)
         new_long = int(self.test_resize * long / short)
         new_h, new_w = (self.test_resize, new_long) if height <= width else (new_long, self.test_resize)
-        top, left = int(round((new_h - self.out_size) / 2.0)), int(round((new_w - self.out_size) / 2.0))
+        if where == "center":
+            top, left = int(round((new_h - self.out_size) / 2.0)), int(round((new_w - self.out_size) / 2.0))
+        else:
+            top = 0 if where[0] == "t" else new_h - self.out_size
+            left = 0 if where[1] == "l" else new_w - self.out_size
         fy, fx = new_h / height, new_w / width
         box = torch.tensor([left / fx, top / fy, self.out_size / fx, self.out_size / fy], dtype=torch.float64,
                            device=device)
@@ -169,19 +189,24 @@ def _preprocessing_fact(model, name):
                      "transform=lt.augment.TensorAugment(size, mean, std, train=False).")
 
 
-def preprocessing(model, train: bool = False, native_size: bool = True) -> TensorAugment:
+def preprocessing(model, train: bool = False, native_size: bool = True, five_crop: bool = False) -> TensorAugment:
     """The batched preprocessing (uint8 -> normalised float, on the batch's device) of ``model``'s inputs.
 
     ``model`` is anything with ``image_size``, ``mean`` and ``std`` (a foundation model or a classifier).
     ``native_size=True``: the images were drawn at about the model's size (the lab): training crops keep at
     least 60% of the image (the glyphs are small), and evaluation resizes the whole image to ``image_size``.
     ``native_size=False``: LIFT's recipe for CIFAR at 224 px: RandomResizedCrop(224) + flip for training,
-    Resize(256) + CenterCrop(224) for evaluation.
+    Resize(256) + CenterCrop(224) for evaluation. ``five_crop=True`` (evaluation only): LIFT's test-time
+    ensembling, Resize(248) + FiveCrop(224) (the resize scaled alike at other sizes); the model's outputs are
+    then averaged over the five views.
     """
     image_size = _preprocessing_fact(model, "image_size")
     if not isinstance(image_size, int):  # open_clip keeps (H, W)
         image_size = int(tuple(image_size)[0])
     mean, std = _preprocessing_fact(model, "mean"), _preprocessing_fact(model, "std")
+    if five_crop and not train:
+        return TensorAugment(image_size, mean, std, train=False, crops="five",
+                             test_resize=round(image_size * FIVE_CROP_RESIZE / 224))
     if native_size:
         kw = dict(scale=(0.6, 1.0)) if train else dict(test_resize=image_size)
     else:

@@ -14,7 +14,9 @@ BACKDOOR_MODES = ("logits", "probs")
 
 
 def _as_list(logits_per_model) -> list[torch.Tensor]:
+    names = None
     if isinstance(logits_per_model, dict):
+        names = list(logits_per_model)
         logits_per_model = list(logits_per_model.values())
     if isinstance(logits_per_model, torch.Tensor):
         if logits_per_model.ndim != 3:
@@ -30,6 +32,11 @@ def _as_list(logits_per_model) -> list[torch.Tensor]:
         if z.shape != shape:
             raise ValueError(f"all models need logits of the same shape (N samples x C classes): model 0 has "
                              f"{tuple(shape)}, model {m} has {tuple(z.shape)}. Evaluate them on the same set.")
+        if z.is_floating_point() and not torch.isfinite(z).all():  # a NaN row would fuse into a fixed class
+            bad = (~torch.isfinite(z)).any(dim=1).nonzero().flatten()
+            name = f" ({names[m]!r})" if names is not None else ""
+            raise ValueError(f"the logits of model {m}{name} hold NaN or inf in {len(bad)} of {len(z)} rows (first: "
+                             f"row {bad[0].item()}). NaN is not a prediction: fix that model's run or leave it out.")
     return logits
 
 
@@ -55,7 +62,8 @@ def backdoor_adjust(logits_per_model, weights=None, mode: str = "logits") -> tor
     Taught in chapter 4.
 
     Args:
-        logits_per_model: a list/tuple of N x C tensors, a dict name -> tensor, or an (M, N, C) tensor.
+        logits_per_model: a list/tuple of N x C tensors, a dict name -> tensor, or an (M, N, C) tensor; NaN or
+            inf in a model's logits is a ValueError naming the model.
         weights: one non-negative weight per model, normalised to sum to 1 (default: equal, P(c) = 1/M).
         mode: ``"logits"`` (the official code) or ``"probs"`` (the paper's equation).
 

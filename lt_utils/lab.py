@@ -6,8 +6,9 @@ drawn as 24x24 RGB images with nuisance (position, scale, rotation, background f
 
 * Upstream: every lab foundation model (``LAB_MODELS``) is pre-trained on its own corpus whose labels are drawn
   i.i.d. from a long-tailed prior (``upstream_priors``), with its own head/tail ordering of the classes.
-* Downstream: a CIFAR-100-LT-like long-tailed training set (n_max 500, imbalance ratio 100), balanced val
-  (20/class) and test (100/class) sets, in a mildly different style (paler backgrounds, more pixel noise).
+* Downstream: a CIFAR-100-LT-like long-tailed training set (n_max 500, imbalance ratio 100, or another ratio over
+  the same class order), balanced val (20/class) and test (100/class) sets, in a mildly different style (paler
+  backgrounds, more pixel noise).
 
 Everything is deterministic from a seed and vectorised in torch (loops run over the 20 shapes and 9 patterns,
 never over pixels or samples). Importing this module registers the dataset ``"lab"`` with ``lt_utils.data`` and
@@ -62,7 +63,9 @@ LAB_ARCH = "lab-vit"
 
 # Downstream profile (CIFAR-100-LT) and the D x P cell design: rows D-Many/Medium/Few (35/35/30 classes by rank of
 # the downstream count), columns P-Many/Medium/Few (34/33/33 classes by rank of an upstream prior).
+# DOWNSTREAM_IR is the standard world's ratio; make_world(imbalance_ratio=...) draws the train split at another.
 DOWNSTREAM_N_MAX, DOWNSTREAM_IR, VAL_PER_CLASS, TEST_PER_CLASS = 500, 100, 20, 100
+SPLIT_ID_OFFSETS = {"train": 0, "val": 1_000_000, "test": 2_000_000}  # sample ids: offset + index in the split
 D_GROUP_SIZES = (35, 35, 30)
 P_GROUP_SIZES = tercile_sizes(NUM_CLASSES)  # (34, 33, 33), as lt.prior_groups cuts them
 CELL_SIZES = ((12, 12, 11), (12, 11, 12), (10, 10, 10))
@@ -308,16 +311,19 @@ def downstream_class_order(seed: int = 0) -> torch.Tensor:
     return torch.randperm(NUM_CLASSES, generator=_generator(seed, "downstream-order"))
 
 
-def downstream_counts(seed: int = 0) -> torch.Tensor:
-    """Training images per class: the CIFAR-100-LT profile (n_max 500, IR 100) over a seeded class order."""
-    profile = torch.tensor(long_tail_counts(NUM_CLASSES, DOWNSTREAM_N_MAX, DOWNSTREAM_IR))
+def downstream_counts(seed: int = 0, imbalance_ratio: float | None = None) -> torch.Tensor:
+    """Training images per class: the CIFAR-100-LT profile (n_max 500, ratio ``imbalance_ratio``, default
+    ``DOWNSTREAM_IR`` = 100) over a seeded class order, the same at every ratio."""
+    ratio = DOWNSTREAM_IR if imbalance_ratio is None else imbalance_ratio
+    profile = torch.tensor(long_tail_counts(NUM_CLASSES, DOWNSTREAM_N_MAX, ratio))
     counts = torch.empty(NUM_CLASSES, dtype=torch.long)
     counts[downstream_class_order(seed)] = profile
     return counts
 
 
 def _d_group_of(seed: int) -> torch.Tensor:
-    """0/1/2 = D-Many/Medium/Few by rank of the downstream count (35/35/30 classes)."""
+    """0/1/2 = D-Many/Medium/Few by rank of the standard world's downstream count (35/35/30 classes); the cell
+    design (and so the upstream priors) is the same at every imbalance ratio."""
     return rank_groups(downstream_counts(seed), D_GROUP_SIZES)
 
 
@@ -383,8 +389,10 @@ def upstream_corpus(model_name: str, seed: int = 0, corpus_size: int | None = No
 class World:
     """The downstream task plus the ground truth about the upstream models.
 
-    ``train`` (long-tailed), ``val`` (20/class), ``test`` (100/class) are in-memory datasets; ``superclass`` maps
-    class -> shape index (names in ``superclass_names``); ``upstream_priors`` maps model -> true prior.
+    ``train`` (long-tailed at ``imbalance_ratio``), ``val`` (20/class), ``test`` (100/class) are in-memory
+    datasets whose ``group_counts`` are the standard world's training counts (the D-groups at every ratio) and
+    whose ``ids`` are ``SPLIT_ID_OFFSETS[split]`` + index; ``superclass`` maps class -> shape index (names in
+    ``superclass_names``); ``upstream_priors`` maps model -> true prior.
     """
     seed: int
     train: object
@@ -394,6 +402,7 @@ class World:
     superclass: torch.Tensor
     superclass_names: tuple
     upstream_priors: dict
+    imbalance_ratio: float = DOWNSTREAM_IR
 
     def examples(self, per_class: int = 1, classes=None, split: str = "test"):
         """``(images uint8 K x 3 x H x W, labels)``: the first ``per_class`` images of each class, class by class."""
@@ -410,25 +419,39 @@ def _balanced_labels(per_class: int) -> torch.Tensor:
     return torch.arange(NUM_CLASSES).repeat_interleave(per_class)
 
 
-def _split_tensors(seed: int, split: str) -> dict:
+def _split_tensors(seed: int, split: str, imbalance_ratio: float | None = None) -> dict:
     """Labels and images of one downstream split (class-sorted labels; the loaders shuffle)."""
     if split == "train":
-        labels = torch.arange(NUM_CLASSES).repeat_interleave(downstream_counts(seed))
+        labels = torch.arange(NUM_CLASSES).repeat_interleave(downstream_counts(seed, imbalance_ratio))
     else:
         labels = _balanced_labels(VAL_PER_CLASS if split == "val" else TEST_PER_CLASS)
     return dict(images=render_images(labels, seed=zlib.crc32(f"{seed}/{split}".encode())), targets=labels)
 
 
-def make_world(seed: int = 0) -> World:
-    """Build (or load from the cache) the downstream datasets of seed ``seed`` and the true upstream priors."""
-    compute = lambda: {split: _split_tensors(seed, split) for split in ("train", "val", "test")}  # noqa: E731
-    tensors = cached("lab_world", dict(seed=int(seed), image_size=IMAGE_SIZE), compute,
-                     depends_on=WORLD_MODULES)
-    names = list(CLASSNAMES)
-    splits = {k: InMemoryDataset(v["images"], v["targets"], names) for k, v in tensors.items()}
+def make_world(seed: int = 0, imbalance_ratio: float | None = None) -> World:
+    """Build (or load from the cache) the downstream datasets of seed ``seed`` and the true upstream priors.
+
+    ``imbalance_ratio``: the train split's max/min class count (default ``DOWNSTREAM_IR`` = 100; n_max 500, the
+    same class order); val, test, the upstream priors and the D x P cells are those of the standard world at every
+    ratio."""
+    ratio = float(DOWNSTREAM_IR if imbalance_ratio is None else imbalance_ratio)
+    counts = downstream_counts(seed, imbalance_ratio)
+    if int(counts.min()) < 1:
+        raise ValueError(f"imbalance_ratio={imbalance_ratio} leaves the rarest class with no training image "
+                         f"(n_max {DOWNSTREAM_N_MAX}): use at most {DOWNSTREAM_N_MAX}.")
+    compute = lambda: {split: _split_tensors(seed, split, imbalance_ratio)  # noqa: E731
+                       for split in ("train", "val", "test")}
+    # every size constant is in the key: a process that changed one is never served a world of another size
+    key = dict(seed=int(seed), image_size=IMAGE_SIZE, n_max=DOWNSTREAM_N_MAX, imbalance_ratio=ratio,
+               val_per_class=VAL_PER_CLASS, test_per_class=TEST_PER_CLASS)
+    tensors = cached("lab_world", key, compute, depends_on=WORLD_MODULES)
+    names, group_counts = list(CLASSNAMES), downstream_counts(seed)
+    splits = {k: InMemoryDataset(v["images"], v["targets"], names, group_counts=group_counts,
+                                 ids=SPLIT_ID_OFFSETS[k] + torch.arange(len(v["targets"])))
+              for k, v in tensors.items()}
     return World(seed=int(seed), train=splits["train"], val=splits["val"], test=splits["test"], classnames=names,
                  superclass=SUPERCLASS.clone(), superclass_names=SUPERCLASS_NAMES,
-                 upstream_priors=upstream_priors(seed))
+                 upstream_priors=upstream_priors(seed), imbalance_ratio=ratio)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -581,15 +604,16 @@ def _load_lab_model(name, tag, pretrained: Optional[Path]) -> FoundationModel:
 
 
 def _load_split(root, split, imbalance_ratio, transform, download, seed):
-    """``lt.load_dataset("lab", split=...)``: one split of ``make_world(seed)`` (root and download unused)."""
-    dataset = getattr(make_world(seed), split)
+    """``lt.load_dataset("lab", split=...)``: one split of ``make_world(seed, imbalance_ratio)`` (root and download
+    unused)."""
+    dataset = getattr(make_world(seed, imbalance_ratio), split)
     if transform is not None:
         dataset = copy.copy(dataset)  # do not change the world's (possibly shared) dataset
         dataset.transform = transform
     return dataset
 
 
-register_dataset("lab", _load_split, splits=("train", "val", "test"), modules=WORLD_MODULES)
+register_dataset("lab", _load_split, splits=("train", "val", "test"), variable_ratio=True, modules=WORLD_MODULES)
 register_model_family(LAB_ARCH, _load_lab_model, modules=PRETRAIN_MODULES)
 for _name in LAB_MODELS:
     register_foundation_model(_name, LAB_ARCH, _name, builtin=True)

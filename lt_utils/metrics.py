@@ -41,6 +41,19 @@ def _logits_and_features(model, x, with_features: bool):
     return model(x), None
 
 
+def _views_mean(model, x, with_features: bool):
+    """Logits and features of a batch; a 5-D batch (views x B x C x H x W, e.g. five-crop test-time ensembling)
+    is run as one batch and its outputs averaged over the views."""
+    if x.dim() != 5:
+        return _logits_and_features(model, x, with_features)
+    views = x.shape[0]
+    logits, features = _logits_and_features(model, x.flatten(0, 1), with_features)
+    logits = logits.unflatten(0, (views, -1)).float().mean(0)
+    if features is not None:
+        features = features.unflatten(0, (views, -1)).float().mean(0)
+    return logits, features
+
+
 def predict(model: torch.nn.Module, dataset, device=None, batch_size: int = 256, transform=None,
             progress: bool = True, with_features: bool = True, amp: bool | None = None,
             num_workers: int = 0) -> dict:
@@ -51,7 +64,8 @@ def predict(model: torch.nn.Module, dataset, device=None, batch_size: int = 256,
       each uint8 batch goes to the device and ``transform`` runs there (default: resize to the model's
       ``image_size`` and normalise with its ``mean``/``std``, looked up on the model or its ``backbone``).
       Other datasets go through a DataLoader (their own transform applies; ``transform``, if given, then runs
-      on the device batch).
+      on the device batch). A transform that returns views x B x C x H x W (``TensorAugment(crops="five")``,
+      LIFT's five-crop test-time ensembling) gets the model's logits and features averaged over the views.
     - Logits and features come from one pass: ``model.forward_with_features(x)`` if present, else
       ``model.features(x)`` followed by ``model.head(features)`` (a ``Classifier``); a model without ``head`` is
       called twice.
@@ -87,7 +101,7 @@ def predict(model: torch.nn.Module, dataset, device=None, batch_size: int = 256,
                 x = x.to(device, non_blocking=True)
                 if transform is not None:
                     x = transform(x)
-                logits, features = _logits_and_features(model, x, with_features)
+                logits, features = _views_mean(model, x, with_features)
                 all_logits.append(logits.float().cpu())
                 if features is not None:
                     all_features.append(features.float().cpu())
@@ -104,9 +118,20 @@ def predict(model: torch.nn.Module, dataset, device=None, batch_size: int = 256,
 
 
 # ------------------------------------------------------------------------------------------------- accuracies
-def _predictions(logits_or_preds) -> torch.Tensor:
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """A ValueError naming ``name``, the count and the first row when float ``x`` (rows = samples) holds NaN or
+    inf: a NaN row's argmax is a fixed class, which would count as a prediction. One ``isfinite`` pass when all
+    is well."""
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).reshape(len(x), -1).any(dim=1).nonzero().flatten()
+        raise ValueError(f"{name} hold NaN or inf in {len(bad)} of {len(x)} rows (first: row {bad[0].item()}). "
+                         "NaN is not a prediction: find where it comes from (a diverged run, a log of 0) and fix it.")
+
+
+def _predictions(logits_or_preds, name: str = "logits_or_preds") -> torch.Tensor:
     x = torch.as_tensor(logits_or_preds)
     if x.ndim == 2:
+        check_finite(x, name)
         return x.argmax(dim=1)
     if x.ndim == 1 and not x.dtype.is_floating_point:
         return x.long()
@@ -116,7 +141,8 @@ def _predictions(logits_or_preds) -> torch.Tensor:
 
 def per_class_accuracy(logits_or_preds, labels, num_classes: int | None = None) -> torch.Tensor:
     """Accuracy (%) of each class, a float tensor of length ``num_classes`` (default: the logits' width, else
-    max label + 1); NaN for a class without samples.  Accepts logits/scores (argmaxed) or predictions."""
+    max label + 1); NaN for a class without samples.  Accepts logits/scores (argmaxed) or predictions; logits
+    with NaN or inf are refused (ValueError)."""
     preds = _predictions(logits_or_preds).cpu()
     labels = torch.as_tensor(labels).long().cpu()
     if preds.shape != labels.shape:
@@ -138,7 +164,7 @@ def accuracy(logits_or_preds, labels) -> float:
     Used throughout the book: in every chapter and in the exercises.
 
     Args:
-        logits_or_preds: logits/scores (N x C, argmaxed) or integer predictions (N).
+        logits_or_preds: logits/scores (N x C, argmaxed; NaN or inf is a ValueError) or integer predictions (N).
         labels: the true class indices (N).
 
     Returns:
@@ -192,7 +218,7 @@ def accuracy_report(logits, labels, d_groups=None, p_groups=None, num_classes: i
     Used in chapters 1-5.
 
     Args:
-        logits: logits/scores (N x C, argmaxed) or integer predictions (N).
+        logits: logits/scores (N x C, argmaxed; NaN or inf is a ValueError) or integer predictions (N).
         labels: the true class indices (N).
         d_groups: one data-group index per class (e.g. ``lt.data_groups``), or None.
         p_groups: one prior-group index per class (e.g. ``lt.prior_groups``), or None.
@@ -202,6 +228,8 @@ def accuracy_report(logits, labels, d_groups=None, p_groups=None, num_classes: i
         A dict with ``overall``, ``mean_per_class``, ``per_class``, ``d_group`` / ``p_group`` (3 values, when the
         groups are given) and ``matrix`` / ``matrix_counts`` (when both are).
     """
+    if torch.as_tensor(logits).ndim == 2:
+        check_finite(torch.as_tensor(logits), "logits")  # an error names this function's argument
     per_class = per_class_accuracy(logits, labels, num_classes)
     report = dict(overall=accuracy(logits, labels), mean_per_class=per_class.nanmean().item(), per_class=per_class)
     if d_groups is not None:
@@ -214,15 +242,29 @@ def accuracy_report(logits, labels, d_groups=None, p_groups=None, num_classes: i
 
 
 # ------------------------------------------------------------------------------------------------------- kNN
+def _sample_ids(ids, count: int, name: str, what: str) -> torch.Tensor:
+    ids = torch.as_tensor(ids)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"{name} must hold integer sample ids (e.g. dataset indices), got dtype {ids.dtype}.")
+    if ids.shape != (count,):
+        raise ValueError(f"{name} must hold one id per {what} ({count}), got shape {tuple(ids.shape)}.")
+    return ids.long().cpu()
+
+
 def knn_predict(bank_feats, bank_labels, query_feats, k: int = 200, t: float = 0.1,
-                num_classes: int | None = None, chunk: int = 1024) -> torch.Tensor:
+                num_classes: int | None = None, chunk: int = 1024, *, bank_ids=None,
+                query_ids=None) -> torch.Tensor:
     """Weighted kNN class scores (N_query x C), the paper's feature probe.
 
     Features are L2-normalised; each query takes its ``k`` most cosine-similar bank samples (``k`` clipped to
-    the bank size) and class c scores sum over those neighbours of label c of ``exp(sim / t)``.  Predictions are
-    ``scores.argmax(1)`` (``per_class_accuracy`` accepts the scores directly).  Queries are processed ``chunk``
-    at a time, so only a chunk x bank similarity block is in memory.  Runs on the bank features' device.  A query
-    that is also in the bank finds itself: use disjoint bank and query sets.
+    the bank size) and class c scores sum over those neighbours of label c of ``exp((sim - max_sim) / t)``, where
+    ``max_sim`` is the query's largest similarity: the paper's ``exp(sim / t)`` weights divided by one positive
+    constant per query, so predictions and relative votes are the same, scores are relative per query (the top
+    neighbour weighs 1) and stay finite for any ``t > 0``.  Predictions are ``scores.argmax(1)``
+    (``per_class_accuracy`` accepts the scores directly).  Queries are processed ``chunk`` at a time, so only a
+    chunk x bank similarity block is in memory.  Runs on the bank features' device.  A query that is also in the
+    bank finds itself: use disjoint bank and query sets, and pass ``bank_ids`` / ``query_ids`` to have it checked.
+    Features with NaN or inf are refused (ValueError): one such bank row would make every query's scores NaN.
 
     Used in chapter 3.
 
@@ -234,6 +276,8 @@ def knn_predict(bank_feats, bank_labels, query_feats, k: int = 200, t: float = 0
         t: the temperature of the ``exp(sim / t)`` weights.
         num_classes: the number of classes C (default: max bank label + 1).
         chunk: the number of queries processed at a time.
+        bank_ids, query_ids: optional integer ids of the bank and query samples, in one numbering (e.g. indices
+            into the same dataset); when both are given, a sample in both is a ValueError.
 
     Returns:
         The class scores, a float32 CPU tensor of shape N_query x C.
@@ -251,6 +295,18 @@ def knn_predict(bank_feats, bank_labels, query_feats, k: int = 200, t: float = 0
                          f"got shape {tuple(bank_labels.shape)}.")
     if k < 1 or t <= 0 or chunk < 1:
         raise ValueError(f"need k >= 1, t > 0 and chunk >= 1, got k={k}, t={t}, chunk={chunk}.")
+    if (bank_ids is None) != (query_ids is None):
+        raise ValueError("pass both bank_ids and query_ids (to check that no query is in the bank), or neither.")
+    if bank_ids is not None:
+        bank_ids = _sample_ids(bank_ids, len(bank), "bank_ids", "bank sample")
+        query_ids = _sample_ids(query_ids, len(query), "query_ids", "query")
+        shared = query_ids[torch.isin(query_ids, bank_ids)].unique()
+        if len(shared):
+            raise ValueError(f"the kNN bank shares {len(shared)} sample{'s' * (len(shared) > 1)} with the queries "
+                             f"(e.g. id {shared[0].item()}), and a query would find itself: the bank must be disjoint "
+                             "from the queries (e.g. the val set as bank, the test set as queries).")
+    check_finite(bank, "bank_feats")
+    check_finite(query, "query_feats")
     if num_classes is None:
         num_classes = int(bank_labels.max()) + 1
     k = min(k, len(bank))
@@ -258,17 +314,19 @@ def knn_predict(bank_feats, bank_labels, query_feats, k: int = 200, t: float = 0
     scores = torch.zeros(len(query), num_classes)
     for start in range(0, len(query), chunk):
         q = F.normalize(query[start:start + chunk].to(bank.device).float(), dim=1)
-        sim, idx = (q @ bank.T).topk(k, dim=1)  # (chunk, k)
+        sim, idx = (q @ bank.T).topk(k, dim=1)  # (chunk, k), sorted: column 0 is each query's largest
         votes = torch.zeros(len(q), num_classes, device=bank.device)
-        votes.scatter_add_(1, bank_labels[idx], (sim / t).exp())
+        # exp(sim / t) overflows float32 for t < ~0.011; dividing by exp(max_sim / t) keeps the argmax
+        votes.scatter_add_(1, bank_labels[idx], ((sim - sim[:, :1]) / t).exp())
         scores[start:start + len(q)] = votes.cpu()
     return scores
 
 
 def knn_accuracy(bank_feats, bank_labels, query_feats, query_labels, k: int = 200, t: float = 0.1,
-                 num_classes: int | None = None) -> float:
-    """Top-1 accuracy (%) of ``knn_predict`` on labelled queries."""
-    scores = knn_predict(bank_feats, bank_labels, query_feats, k=k, t=t, num_classes=num_classes)
+                 num_classes: int | None = None, *, bank_ids=None, query_ids=None) -> float:
+    """Top-1 accuracy (%) of ``knn_predict`` on labelled queries (``bank_ids`` / ``query_ids``: see there)."""
+    scores = knn_predict(bank_feats, bank_labels, query_feats, k=k, t=t, num_classes=num_classes,
+                         bank_ids=bank_ids, query_ids=query_ids)
     return accuracy(scores, query_labels)
 
 

@@ -171,18 +171,33 @@ def _load_open_clip_model(name, arch, tag, pretrained: Optional[Path]) -> "Found
                                           test_transform=test_transform)
 
 
+def _parse_metadata(path: Path, raw: str) -> dict:
+    """Our metadata entry as a dict; a ValueError naming the file when it was damaged or written by other code."""
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"The {_FILE_KEY!r} metadata of {path} is not valid JSON ({err}): the file is damaged or "
+                         "was not written by lt_utils; save it again with lt_utils.") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"The {_FILE_KEY!r} metadata of {path} is not a JSON object (got {type(meta).__name__}): "
+                         "the file was not written by lt_utils; save it again with lt_utils.")
+    return meta
+
+
 def _lt_metadata(path: Path) -> Optional[dict]:
-    """Our JSON metadata when ``path`` is a safetensors file written by lt_utils, else None."""
+    """Our JSON metadata when ``path`` is a safetensors file written by lt_utils, else None (a ValueError when
+    our entry is there but broken)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(_FILE_KEY)
     except Exception:
         return None  # not (readable) safetensors: open_clip's loader reports the problem
-    return json.loads(raw) if raw else None
+    return _parse_metadata(path, raw) if raw else None
 
 
 def read_safetensors(path: Path) -> tuple[dict, dict]:
-    """Tensors and our JSON metadata of a safetensors file; a clear error when it is not one of ours."""
+    """Tensors and our JSON metadata of a safetensors file: a RuntimeError when it cannot be read, a ValueError
+    naming the file when its metadata is missing or broken."""
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -192,9 +207,10 @@ def read_safetensors(path: Path) -> tuple[dict, dict]:
             f"Could not read {path} as a safetensors file ({type(err).__name__}: {err}). It is corrupted or "
             "truncated; delete it and save it again."
         ) from err
-    if _FILE_KEY not in header:
-        raise RuntimeError(f"{path} was not written by lt_utils (its metadata lacks {_FILE_KEY!r}).")
-    return tensors, json.loads(header[_FILE_KEY])
+    if _FILE_KEY not in header:  # bad input, not a broken file: a ValueError, as for broken metadata
+        raise ValueError(f"{path} has no lt_utils metadata (no {_FILE_KEY!r} entry): it was not written by "
+                         "lt_utils. Pass a file saved by lt_utils (save_checkpoint, save_foundation_model).")
+    return tensors, _parse_metadata(path, header[_FILE_KEY])
 
 
 # --- the foundation model ----------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class Profile:
     device: torch.device = field(compare=False)
     amp: bool
     num_workers: int
+    tte: bool = False  # LIFT's five-crop test-time ensembling in evaluation (its 81.7% on CIFAR-100-LT uses it)
 
     def replace(self, **changes) -> "Profile":
         """A copy with some settings changed, e.g. ``lt.profile().replace(epochs=2)``."""

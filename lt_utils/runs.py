@@ -40,17 +40,17 @@ def run_modules(profile: Profile, model_name: str, base: tuple) -> tuple:
 
 def _data_key(profile: Profile) -> dict:
     """The profile settings that change the data and the model inputs."""
-    return dict(dataset=profile.dataset, imbalance_ratio=profile.imbalance_ratio, image_size=profile.image_size)
+    return dict(dataset=profile.dataset, imbalance_ratio=profile.imbalance_ratio, image_size=profile.image_size,
+                tte=profile.tte)
 
 
 def _load_splits(profile: Profile, fm) -> dict:
-    """train/val/test of the profile's dataset. CIFAR-100-LT has no val split: its balanced test set serves as
-    val too (as in LIFT). Image-file datasets get the model's torchvision transforms; in-memory ones are
-    transformed batch-wise on the device instead (``test_transform``)."""
+    """train/val/test of the profile's dataset: three disjoint splits (CIFAR-100-LT's val is held out of its test
+    images). Image-file datasets get the model's torchvision transforms; in-memory ones are transformed
+    batch-wise on the device instead (``test_transform``)."""
     splits = {}
     for split in ("train", "val", "test"):
-        source = "test" if split == "val" and profile.dataset == "cifar100_lt" else split
-        data = load_dataset(profile.dataset, profile.data_root, source, imbalance_ratio=profile.imbalance_ratio)
+        data = load_dataset(profile.dataset, profile.data_root, split, imbalance_ratio=profile.imbalance_ratio)
         if not is_in_memory(data):
             data.transform = fm.train_transform if split == "train" else fm.test_transform
         splits[split] = data
@@ -59,8 +59,9 @@ def _load_splits(profile: Profile, fm) -> dict:
 
 def _batch_transform(profile: Profile, model, train: bool) -> TensorAugment:
     """Batched uint8 -> normalised float on the device, for in-memory datasets. Lab images are drawn at the
-    model's size; CIFAR follows LIFT (``lt_utils.augment.preprocessing``)."""
-    return preprocessing(model, train=train, native_size=profile.dataset == "lab")
+    model's size; CIFAR follows LIFT (``lt_utils.augment.preprocessing``), with its five-crop test-time
+    ensembling when ``profile.tte``."""
+    return preprocessing(model, train=train, native_size=profile.dataset == "lab", five_crop=profile.tte)
 
 
 def _predict_splits(model, splits: dict, profile: Profile, fm, device, progress: bool = True) -> dict:
@@ -71,6 +72,8 @@ def _predict_splits(model, splits: dict, profile: Profile, fm, device, progress:
         result = predict(model, data, device=device, transform=transform, num_workers=profile.num_workers,
                          progress=progress)
         out[split] = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in result.items()}
+        if getattr(data, "ids", None) is not None:  # sample ids: a kNN probe can prove bank and queries disjoint
+            out[split]["ids"] = torch.as_tensor(data.ids).cpu()
     return out
 
 
@@ -165,6 +168,9 @@ def fine_tune(profile=None, model_name: str | None = None, loss: str = "la", see
                pretrain_prior=None if pretrain_prior is None else [round(p, 8) for p in pretrain_prior.tolist()])
     modules = run_modules(profile, model_name, FINE_TUNE_MODULES)
     checkpoint_dir = cache_dir() / "finetune_checkpoints" / cache_key(key, modules)
+    # the run's identity (model, PEFT, loss, seed, data, prior), checked when a checkpoint is resumed
+    run_fingerprint = dict(model=model_name, peft=peft, loss=loss, seed=int(seed), epochs=epochs,
+                           data=_data_key(profile), tau=profile.tau, pretrain_prior=key["pretrain_prior"])
 
     def compute():
         device = profile.device
@@ -184,19 +190,21 @@ def fine_tune(profile=None, model_name: str | None = None, loss: str = "la", see
                         micro_batch_size=profile.micro_batch_size, lr=profile.lr, momentum=profile.momentum,
                         weight_decay=profile.weight_decay, device=device, amp=profile.amp, seed=seed,
                         augment=augment, checkpoint_dir=checkpoint_dir, progress=progress,
-                        num_workers=profile.num_workers)
+                        num_workers=profile.num_workers, run_fingerprint=run_fingerprint)
         train_time_s = time.perf_counter() - start
         outputs = _predict_splits(model, splits, profile, fm, device, progress)
-        if dist_info()[1] == 0:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the result below replaces it
         return dict(model=model_name, loss=loss, seed=int(seed), peft=peft, epochs=epochs, history=history,
                     trainable_state=trainable_state(model, buffers=False),
                     trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
                     classnames=list(train_set.classnames), class_counts=class_counts,
+                    group_counts=torch.as_tensor(train_set.group_counts).long().cpu(),
                     data_prior=data_prior.float(), pretrain_prior=pretrain_prior, train_time_s=train_time_s,
                     **outputs)
 
-    return cached("finetune", key, compute, depends_on=modules)
+    result = cached("finetune", key, compute, depends_on=modules)
+    if dist_info()[1] == 0:  # only now is the result on disk: a failed save keeps the epochs to resume from
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    return result
 
 
 def load_fine_tuned(profile=None, model_name: str | None = None, loss: str = "la", seed: int = 0,

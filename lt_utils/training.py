@@ -5,6 +5,7 @@ precision on CUDA. It is seeded, checkpoints every epoch and resumes, and runs u
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -17,13 +18,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from .cache import atomic_torch_save, safe_torch_load
+from .cache import atomic_torch_save, atomic_write_text, file_sha256, safe_torch_load
 from .data import is_in_memory
 from .distributed import dist_info
 from .profiles import get_device, hide_progress
 
 LOG_EVERY = 25  # steps between host syncs for the progress bar (and the NaN check)
 CHECKPOINT_NAME = "last.pt"
+CHECKSUM_SUFFIX = ".sha256"  # last.pt.sha256, in sha256sum's format
 
 
 def epoch_indices(num_samples: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
@@ -69,6 +71,36 @@ def load_trainable_state(model: nn.Module, state: dict, path: Path) -> None:
         raise ValueError(f"The checkpoint {path} does not fit this model (missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}). Delete it or pass resume=False to start over.")
     model.load_state_dict(state, strict=False)
+
+
+def _differences(saved, current) -> str:
+    """What differs between two fingerprints (dicts: by key), for the error message."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        keys = sorted(set(saved) | set(current), key=str)
+        return "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint vs {current.get(k)!r} now"
+                         for k in keys if saved.get(k) != current.get(k))
+    return f"{saved!r} in the checkpoint vs {current!r} now"
+
+
+def _save_checkpoint(state: dict, path: Path) -> None:
+    """Save ``path`` and then its SHA-256 next to it, both atomically. The old checksum goes first: a crash
+    between the two writes leaves a checkpoint without a checksum (unverified), never one with a wrong one."""
+    checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
+    checksum.unlink(missing_ok=True)
+    atomic_torch_save(state, path)
+    atomic_write_text(f"{file_sha256(path)}  {path.name}\n", checksum)
+
+
+def _load_checkpoint(path: Path) -> dict:
+    """Load ``path`` after checking it against its recorded SHA-256 (a mismatch: corrupt, refused, kept)."""
+    checksum = path.with_name(path.name + CHECKSUM_SUFFIX)
+    if checksum.is_file():
+        recorded = (checksum.read_text().split() or [""])[0]
+        if file_sha256(path) != recorded:
+            raise ValueError(f"The checkpoint {path} is corrupt: its bytes do not match the SHA-256 recorded in "
+                             f"{checksum.name} when it was written. Delete it (and {checksum.name}) or pass "
+                             "resume=False to start over.")
+    return safe_torch_load(path)  # without a checksum (interrupted save, older run): it must still parse
 
 
 def _rng_state(device: torch.device, augment_gen: torch.Generator) -> dict:
@@ -124,7 +156,7 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
           micro_batch_size: int | None = None, lr: float = 0.01, momentum: float = 0.9,
           weight_decay: float = 5e-4, device=None, amp: bool | None = None, seed: int = 0, augment=None,
           checkpoint_dir=None, resume: bool = True, progress: bool = True, distributed: bool | None = None,
-          num_workers: int = 0) -> dict:
+          num_workers: int = 0, run_fingerprint: dict | None = None) -> dict:
     """Fine-tune the trainable parameters of ``model`` on ``train_set`` with ``loss_fn(logits, targets)``.
 
     SGD (``lr``, ``momentum``, ``weight_decay``) over the parameters with ``requires_grad`` only, cosine
@@ -136,10 +168,13 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
     images are scaled to [0, 1]); other datasets go through a ``DataLoader``. Data order and augmentation are
     seeded by ``seed`` (the global torch generator is seeded too, for dropout). With ``checkpoint_dir``, the
     state is saved atomically to ``checkpoint_dir/last.pt`` after every epoch and a later call resumes from it
-    (``resume=True``), giving the same result as an uninterrupted run. Under torchrun (an initialised process
-    group, or ``distributed=True`` with ``WORLD_SIZE`` > 1) the model is wrapped in ``DistributedDataParallel``
-    and each rank trains on its shard of every global batch (``DistributedSampler``'s split); only rank 0
-    writes checkpoints and shows the progress bar.
+    (``resume=True``), giving the same result as an uninterrupted run. The checkpoint records the
+    hyper-parameters, the dataset size and ``run_fingerprint`` (a JSON-able description of the run: model, PEFT,
+    loss, priors, data), and a resume refuses a checkpoint whose record differs; ``last.pt.sha256`` holds its
+    SHA-256, and a resume refuses a corrupt checkpoint (both: ``ValueError``, the file is kept). Under torchrun
+    (an initialised process group, or ``distributed=True`` with ``WORLD_SIZE`` > 1) the model is wrapped in
+    ``DistributedDataParallel`` and each rank trains on its shard of every global batch (``DistributedSampler``'s
+    split); only rank 0 writes checkpoints and shows the progress bar.
 
     Returns the history: per-epoch lists ``loss``, ``acc`` (training accuracy on the augmented batches),
     ``lr`` (the rate used in that epoch) and ``time_s``. A NaN/inf loss raises ``FloatingPointError``.
@@ -150,6 +185,10 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
         raise ValueError(f"micro_batch_size must be positive or None, got {micro_batch_size}.")
     if len(train_set) == 0:
         raise ValueError("The training set is empty.")
+    try:  # as a checkpoint stores it (tuples become lists), so the comparison on resume is exact
+        run_fingerprint = None if run_fingerprint is None else json.loads(json.dumps(run_fingerprint))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"run_fingerprint must be JSON-able (numbers, strings, lists, dicts): {err}") from err
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("The model has no trainable parameters (every requires_grad is False): apply a PEFT "
@@ -181,11 +220,13 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     start_epoch = 0
     if ckpt_path is not None and resume and ckpt_path.is_file():
-        ckpt = safe_torch_load(ckpt_path)
-        if ckpt.get("config") != fingerprint:
-            raise ValueError(f"The checkpoint {ckpt_path} was written by a run with other settings "
-                             f"({ckpt.get('config')} vs {fingerprint}). Delete it, use another checkpoint_dir "
-                             "or pass resume=False to start over.")
+        ckpt = _load_checkpoint(ckpt_path)
+        for what, saved, current in (("hyper-parameters or dataset size", ckpt.get("config"), fingerprint),
+                                     ("run_fingerprint", ckpt.get("run"), run_fingerprint)):
+            if saved != current:
+                raise ValueError(f"The checkpoint {ckpt_path} was written by another run (other {what}: "
+                                 f"{_differences(saved, current)}). Delete it, use another checkpoint_dir "
+                                 "or pass resume=False to start over.")
         load_trainable_state(model, ckpt["model"], ckpt_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -255,9 +296,10 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
                 dist.all_gather_object(gathered, {k: v.cpu() for k, v in rng.items()})
                 rng = gathered
             if rank == 0:
-                atomic_torch_save(dict(config=fingerprint, epoch=epoch + 1, model=trainable_state(model),
-                                       optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                       scaler=scaler.state_dict(), rng=rng, history=history), ckpt_path)
+                _save_checkpoint(dict(config=fingerprint, run=run_fingerprint, epoch=epoch + 1,
+                                      model=trainable_state(model), optimizer=optimizer.state_dict(),
+                                      scheduler=scheduler.state_dict(), scaler=scaler.state_dict(), rng=rng,
+                                      history=history), ckpt_path)
     bar.close()
     return history
 

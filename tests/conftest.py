@@ -54,8 +54,7 @@ def tiny_lab(tmp_path, monkeypatch):
     """The lab world and its pre-training shrunk (same code, fewer images), cached in a fresh folder."""
     monkeypatch.setenv("LT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("LT_PROFILE", "lab")
-    monkeypatch.setattr(lab, "DOWNSTREAM_N_MAX", 20)  # 20 .. 2 images per class, about 750 in all
-    monkeypatch.setattr(lab, "DOWNSTREAM_IR", 10)
+    monkeypatch.setattr(lab, "DOWNSTREAM_N_MAX", 120)  # 120 .. 1 images per class (IR 100), about 2,600 in all
     monkeypatch.setattr(lab, "VAL_PER_CLASS", 2)
     monkeypatch.setattr(lab, "TEST_PER_CLASS", 2)
     monkeypatch.setitem(lab.PRETRAIN_CONFIG, "corpus_size", 512)
@@ -63,8 +62,12 @@ def tiny_lab(tmp_path, monkeypatch):
     return tmp_path
 
 
-def write_fake_cifar100(root, per_class_train: int, per_class_test: int, fine_names, seed: int = 123):
-    """A CIFAR-100 folder in the real format under ``root`` (python pickles, N x 3072 uint8 rows, shuffled labels)."""
+def write_fake_cifar100(root, per_class_train: int, per_class_test: int, fine_names, seed: int = 123,
+                        per_class_val: int = 20):
+    """A CIFAR-100 folder in the real format under ``root`` (python pickles, N x 3072 uint8 rows, shuffled labels).
+
+    The test file holds ``per_class_val + per_class_test`` images per class: ``load_dataset`` holds 20 of each
+    class out of it as the val split, so the test split keeps ``per_class_test``."""
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
@@ -73,7 +76,7 @@ def write_fake_cifar100(root, per_class_train: int, per_class_test: int, fine_na
         with open(path, "wb") as f:
             pickle.dump(obj, f, protocol=2)
 
-    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
+    for split, per_class in (("train", per_class_train), ("test", per_class_val + per_class_test)):
         labels = rng.permutation(np.repeat(np.arange(100), per_class))
         data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
         dump({"filenames": [f"{i}.png" for i in range(len(labels))], "batch_label": split,

@@ -80,7 +80,7 @@ def test_load_fine_tuned_reproduces_the_cached_logits(tiny_lab):
     torch.testing.assert_close(again["logits"], run["test"]["logits"], atol=1e-4, rtol=1e-4)
 
 
-def test_headline_comparison_scores_every_method_on_both_groupings(tiny_lab):
+def test_headline_comparison_scores_every_method_on_one_partition_per_table(tiny_lab):
     # two foundation models and a same-backbone control of fine-tuning seeds (the clip profile's kind) keep it quick
     profile = lt.profile("lab").replace(epochs=1, models=("lab-clip", "lab-metaclip"),
                                         control_models=("lab-clip", "lab-clip"))
@@ -88,10 +88,28 @@ def test_headline_comparison_scores_every_method_on_both_groupings(tiny_lab):
     assert isinstance(table, pd.DataFrame)
     methods = set(table.method)
     assert {"LA (lab-clip)", "GLA-Train (lab-clip)", "same backbone x3", "backdoor x3"} <= methods
-    assert len(table) == 2 * len(methods) and set(table["P-groups from"]) == {"estimated", "true"}
-    la = {s: lt.fine_tune(profile, "lab-clip", loss="la", seed=s, progress=False)["test"] for s in (0, 1)}
+    sources = {"estimated", "true", "estimated (per method)", "true (per method)"}
+    assert len(table) == len(sources) * len(methods) and set(table["P-groups from"]) == sources
+    la = {0: lt.fine_tune(profile, "lab-clip", loss="la", seed=0, progress=False)["test"]}
     expected = 100 * (la[0]["logits"].argmax(1) == la[0]["labels"]).double().mean().item()
     assert table[table.method == "LA (lab-clip)"]["overall"].iloc[0] == pytest.approx(expected)
-    fused = (la[0]["logits"] + la[1]["logits"]).argmax(1)  # the control fuses fine-tuning seeds 0 and 1
-    expected = 100 * (fused == la[0]["labels"]).double().mean().item()
-    assert table[table.method == "same backbone x3"]["overall"].iloc[0] == pytest.approx(expected)
+    # one partition per table: every method's P-groups come from the ensemble members' mean estimated prior
+    p_groups = lt.prior_groups(torch.stack([lt.estimate_pretrain_prior(profile, m) for m in profile.models]).mean(0))
+    report = lt.accuracy_report(la[0]["logits"], la[0]["labels"], p_groups=p_groups)
+    row = table[(table.method == "LA (lab-clip)") & (table["P-groups from"] == "estimated")].iloc[0]
+    assert row["P-Few"] == pytest.approx(float(report["p_group"][2]))
+    per_method = table[(table.method == "LA (lab-clip)") & (table["P-groups from"] == "estimated (per method)")]
+    own = lt.accuracy_report(la[0]["logits"], la[0]["labels"],
+                             p_groups=lt.prior_groups(lt.estimate_pretrain_prior(profile, "lab-clip")))
+    assert per_method["P-Few"].iloc[0] == pytest.approx(float(own["p_group"][2]))
+
+
+def test_the_one_backbone_control_uses_a_seed_block_of_its_own(tiny_lab, monkeypatch):
+    profile = lt.profile("lab").replace(epochs=1, control_models=("lab-clip", "lab-clip", "lab-clip"))
+    seen = []
+    monkeypatch.setattr(lt.experiments, "fine_tune", lambda p, m, seed, **kw: seen.append(seed) or seed)
+    blocks = [set(lt.experiments.control_runs(profile, s)) for s in (0, 1, 2)]
+    assert all(len(b) == 3 for b in blocks) and not (blocks[0] & blocks[1] or blocks[1] & blocks[2])
+    assert not set().union(*blocks) & set(range(100))  # never a main run's seed
+    lab_control = lt.profile("lab")  # three separately pre-trained members share the seed
+    assert lt.experiments.control_runs(lab_control, 2) == [2, 2, 2]

@@ -4,6 +4,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -97,6 +98,27 @@ def test_in_memory_dataset_basics():
     assert torch.equal(moved.images, ds.images) and moved.classnames == ds.classnames
     with_tf = lt.data.InMemoryDataset(ds.images, ds.targets, ds.classnames, transform=lambda x: x.float() / 255)
     assert with_tf[0][0].dtype == torch.float32
+    assert ds.ids is None and sub.ids is None  # built without ids
+    assert torch.equal(ds.group_counts, ds.class_counts)  # by default a dataset's own counts define its groups
+
+
+def test_in_memory_dataset_keeps_ids_and_group_counts():
+    base = tiny_dataset(n=6, classes=2)
+    ds = lt.data.InMemoryDataset(base.images, base.targets, base.classnames, ids=[10, 11, 12, 50, 51, 52],
+                                 group_counts=[500, 5])
+    assert ds.ids.dtype == torch.long and ds.ids.tolist() == [10, 11, 12, 50, 51, 52]
+    sub = ds.subset([1, 3])
+    assert sub.ids.tolist() == [11, 50] and sub.group_counts.tolist() == [500, 5]  # groups of the source
+    assert sub.class_counts.tolist() == [0, 2]
+    assert ds.subset(ds.targets == 0).ids.tolist() == [10, 12, 51]
+    moved = ds.to("cpu")
+    assert torch.equal(moved.ids, ds.ids) and torch.equal(moved.group_counts, ds.group_counts)
+    with pytest.raises(ValueError, match="one id per image"):
+        lt.data.InMemoryDataset(base.images, base.targets, base.classnames, ids=[1, 2])
+    with pytest.raises(ValueError, match="unique"):
+        lt.data.InMemoryDataset(base.images, base.targets, base.classnames, ids=[1, 1, 2, 3, 4, 5])
+    with pytest.raises(ValueError, match="one count per class"):
+        lt.data.InMemoryDataset(base.images, base.targets, base.classnames, group_counts=[1, 2, 3])
 
 
 @pytest.mark.parametrize("images, targets, match", [
@@ -115,11 +137,11 @@ def test_in_memory_dataset_errors(images, targets, match):
 def test_load_dataset_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="cifar100_lt, imagenet_lt, places_lt, lab"):
         lt.load_dataset("cifar10_lt", tmp_path)
-    with pytest.raises(ValueError, match="splits train, test"):
-        lt.load_dataset("cifar100_lt", tmp_path, split="val")
+    with pytest.raises(ValueError, match="splits train, val, test"):
+        lt.load_dataset("cifar100_lt", tmp_path, split="holdout")
     with pytest.raises(ValueError, match="imbalance_ratio must be >= 1"):
         lt.load_dataset("cifar100_lt", tmp_path, imbalance_ratio=0.5)
-    with pytest.raises(ValueError, match="cifar100_lt only"):
+    with pytest.raises(ValueError, match="applies only to cifar100_lt, lab"):
         lt.load_dataset("places_lt", tmp_path, imbalance_ratio=10)
     with pytest.raises(ValueError, match="cannot be downloaded"):
         lt.load_dataset("imagenet_lt", tmp_path, download=True)
@@ -189,13 +211,83 @@ def test_cifar100_lt_train_matches_lift_selection(cifar_root):
     assert torch.equal(other_seed.targets, ds.targets) and not torch.equal(other_seed.images, ds.images)
 
 
-def test_cifar100_test_split_is_balanced_and_complete(cifar_root):
+def test_cifar100_val_and_test_split_the_test_file(cifar_root):
     ds = lt.load_dataset("cifar100_lt", cifar_root, split="test", imbalance_ratio=50)
+    val = lt.load_dataset("cifar100_lt", cifar_root, split="val")
     data, labels = _read_split(cifar_root, "test")
-    assert torch.equal(ds.images, torch.from_numpy(data))
-    assert ds.class_counts.tolist() == [PER_CLASS_TEST] * 100
+    rows = np.setdiff1d(np.arange(len(labels)), val.ids.numpy() - 50_000)  # the file rows val does not hold
+    assert torch.equal(ds.images, torch.from_numpy(data[rows]))
+    assert torch.equal(ds.targets, torch.from_numpy(labels[rows]))
+    assert ds.class_counts.tolist() == [PER_CLASS_TEST] * 100 and val.class_counts.tolist() == [20] * 100
     image, label = lt.load_dataset("cifar100_lt", cifar_root, split="test", transform=lt.augment.TensorAugment(16))[0]
-    assert image.shape == (3, 16, 16) and label == labels[0]
+    assert image.shape == (3, 16, 16) and label == labels[rows[0]]
+
+
+class _Payload:
+    """Unpickling this object calls ``func(*args)``: what a hostile CIFAR folder would do."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("file", ["meta", "train", "test"])
+@pytest.mark.parametrize("make_payload, name", [
+    (lambda marker: _Payload(__import__("os").system, f"touch {marker}"), "system"),
+    (lambda marker: _Payload(exec, f"open({str(marker)!r}, 'w').close()"), "exec"),
+    (lambda marker: _Payload(np.save, str(marker), np.zeros(1)), "numpy.save"),  # numpy, but not an allowed name
+])
+def test_cifar_pickle_that_calls_a_global_is_refused_and_not_run(tmp_path, fake_cifar100, file, make_payload, name):
+    root = fake_cifar100(tmp_path / "data", 1, 1, [f"c{i}" for i in range(100)])
+    marker = tmp_path / "payload_ran"
+    path = root / "cifar-100-python" / file
+    entry = pickle.loads(path.read_bytes(), encoding="latin1")
+    entry["batch_label" if file != "meta" else "coarse_label_names"] = make_payload(marker)
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+    for split in ("train", "val", "test"):
+        if file in ("meta", "train" if split == "train" else "test"):
+            with pytest.raises(RuntimeError, match=rf"{name}.*refused.*download=True"):
+                lt.load_dataset("cifar100_lt", root, split=split)
+    assert not marker.exists() and not marker.with_suffix(".npy").exists()
+
+
+def test_cifar_reads_python2_era_numpy_pickles(tmp_path, fake_cifar100):
+    """The real files name numpy.core.multiarray._reconstruct (NumPy 1); NumPy 2 writes numpy._core."""
+    root = fake_cifar100(tmp_path, 2, 1, [f"c{i}" for i in range(100)])
+    path = root / "cifar-100-python" / "train"
+    raw = path.read_bytes()
+    assert b"numpy._core.multiarray" in raw
+    path.write_bytes(raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    data, labels = _read_split(root, "train")
+    ds = lt.load_dataset("cifar100_lt", root, split="train", imbalance_ratio=1)
+    assert torch.equal(ds.images, torch.from_numpy(data[ds.ids.numpy()]))
+    assert torch.equal(ds.targets, torch.from_numpy(labels[ds.ids.numpy()]))
+
+
+def test_cifar_download_checks_the_archive_md5(tmp_path, fake_cifar100, monkeypatch):
+    calls = []
+
+    def fake_download(url, download_root, filename=None, md5=None, **kwargs):
+        calls.append(dict(url=url, root=download_root, filename=filename, md5=md5))
+        fake_cifar100(tmp_path, 2, 1, [f"c{i}" for i in range(100)])
+
+    monkeypatch.setattr(D, "download_and_extract_archive", fake_download)
+    ds = lt.load_dataset("cifar100_lt", tmp_path, split="test", download=True)
+    assert len(ds) == 100 and len(calls) == 1
+    assert calls[0]["md5"] == "eb9058c3a382ffc7106e4002c42a8d85" == torchvision.datasets.CIFAR100.tgz_md5
+    assert calls[0]["url"] == torchvision.datasets.CIFAR100.url and calls[0]["filename"] == "cifar-100-python.tar.gz"
+    assert str(calls[0]["root"]) == str(tmp_path)
+    lt.load_dataset("cifar100_lt", tmp_path, split="test", download=True)
+    assert len(calls) == 1  # present: not downloaded again
+
+    def bad_archive(*args, **kwargs):
+        raise RuntimeError("File not found or corrupted.")  # what torchvision raises on an MD5 mismatch
+
+    monkeypatch.setattr(D, "download_and_extract_archive", bad_archive)
+    with pytest.raises(RuntimeError, match="cifar-100-python.tar.gz"):
+        lt.load_dataset("cifar100_lt", tmp_path / "elsewhere", download=True)
 
 
 def test_cifar_corrupted_file_says_what_to_do(tmp_path):
@@ -238,6 +330,8 @@ def test_imagenet_lt_fabricated_tree(tmp_path):
                            transform=lt.augment.torchvision_transforms(16, train=False))
     x, y = test[0]
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y == 0
+    assert torch.equal(ds.group_counts, ds.class_counts)  # train: its own counts define the D-groups
+    assert torch.equal(test.group_counts, ds.class_counts)  # test: the train split's counts, not its own
     with pytest.raises(FileNotFoundError, match="ImageNet_LT_val.txt.*shijxcs/LIFT"):
         lt.load_dataset("imagenet_lt", tmp_path, split="val")
     with pytest.raises(FileNotFoundError, match="root= must be the folder"):
@@ -275,8 +369,9 @@ def test_lab_delegates_to_make_world(monkeypatch):
     import lt_utils.lab
     worlds = {}
 
-    def fake_make_world(seed=0):
-        worlds[seed] = types.SimpleNamespace(train=tiny_dataset(seed=seed), val=tiny_dataset(4), test=None)
+    def fake_make_world(seed=0, imbalance_ratio=100):
+        worlds[seed] = types.SimpleNamespace(train=tiny_dataset(seed=seed), val=tiny_dataset(4), test=None,
+                                             imbalance_ratio=imbalance_ratio)
         return worlds[seed]
 
     monkeypatch.setattr(lt_utils.lab, "make_world", fake_make_world)
@@ -284,6 +379,8 @@ def test_lab_delegates_to_make_world(monkeypatch):
     flipped = lt.load_dataset("lab", split="train", seed=1, transform=lambda x: x.flip(-1))
     assert flipped is not worlds[1].train and worlds[1].train.transform is None  # the world is not changed
     assert torch.equal(flipped[0][0], worlds[1].train.images[0].flip(-1))
+    lt.load_dataset("lab", split="train", seed=2, imbalance_ratio=10)
+    assert worlds[2].imbalance_ratio == 10  # the ratio reaches the world
     with pytest.raises(ValueError, match="splits train, val, test"):
         lt.load_dataset("lab", split="holdout")
 

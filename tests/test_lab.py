@@ -1,5 +1,7 @@
 """The lab world: determinism, shapes, the ground-truth priors describe the generated data, cell balance, and the
 load-or-train round trip of the lab foundation models (on a tiny config)."""
+import hashlib
+
 import pytest
 import torch
 from scipy.stats import chisquare
@@ -110,6 +112,10 @@ def test_make_world_splits(world):
     assert torch.equal(world.train.class_counts, lab.downstream_counts(0))
     assert (world.val.class_counts == 20).all() and (world.test.class_counts == 100).all()
     assert all(torch.equal(world.upstream_priors[k], v) for k, v in lab.upstream_priors(0).items())
+    for split, offset in (("train", 0), ("val", 1_000_000), ("test", 2_000_000)):  # ids: metadata, per split
+        ds = getattr(world, split)
+        assert torch.equal(ds.ids, offset + torch.arange(len(ds)))
+        assert torch.equal(ds.group_counts, lab.downstream_counts(0))  # the D-groups of the training counts
     images, labels = world.examples(per_class=2)
     assert images.shape == (200, 3, 24, 24) and torch.equal(labels, torch.arange(100).repeat_interleave(2))
     with pytest.raises(ValueError, match="split"):
@@ -120,6 +126,36 @@ def test_make_world_is_deterministic(world):
     fresh = lab._split_tensors(0, "val")  # regenerated, not read from the cache (train and test: same code path)
     assert torch.equal(fresh["images"], world.val.images) and torch.equal(fresh["targets"], world.val.targets)
     assert not torch.equal(fresh["images"], lab._split_tensors(1, "val")["images"])
+
+
+# sha256 of (images, targets) of make_world(0), as the book's numbers were computed: they must not move
+WORLD0_DIGESTS = {"train": "15f63c179cb600f6", "val": "93aea13fa89416a7", "test": "713297c175942679"}
+
+
+def test_world_0_is_the_books(world):
+    for split, digest in WORLD0_DIGESTS.items():
+        ds = getattr(world, split)
+        h = hashlib.sha256(ds.images.numpy().tobytes())
+        h.update(ds.targets.numpy().tobytes())
+        assert h.hexdigest()[:16] == digest, f"the {split} images or labels of the lab world changed"
+
+
+def test_world_is_cached_once_per_size(tmp_cache, monkeypatch):
+    monkeypatch.setattr(lab, "DOWNSTREAM_N_MAX", 20)
+    monkeypatch.setattr(lab, "DOWNSTREAM_IR", 10)
+    monkeypatch.setattr(lab, "VAL_PER_CLASS", 1)
+    monkeypatch.setattr(lab, "TEST_PER_CLASS", 1)
+    calls = []
+    split_tensors = lab._split_tensors
+    monkeypatch.setattr(lab, "_split_tensors", lambda *a: calls.append(a) or split_tensors(*a))
+    first = lab.make_world(0)
+    assert len(calls) == 3 and len(list((tmp_cache / "lab_world").glob("*.pt"))) == 1
+    assert torch.equal(lab.make_world(0).train.images, first.train.images) and len(calls) == 3  # loaded
+    assert torch.equal(lab.make_world(0, imbalance_ratio=10).train.images, first.train.images)  # the default
+    assert len(calls) == 3
+    monkeypatch.setattr(lab, "IMAGE_SIZE", 20)  # another size is another world
+    lab.make_world(0)
+    assert len(calls) == 6 and len(list((tmp_cache / "lab_world").glob("*.pt"))) == 2
 
 
 def test_shift_flip_only_moves_pixels():

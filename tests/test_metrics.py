@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import lt_utils as lt
@@ -176,13 +177,15 @@ def test_accuracy_report():
 
 
 # ------------------------------------------------------------------------------------------------------- kNN
-def brute_force_knn(bank, bank_labels, query, k, t, num_classes):
+def brute_force_knn(bank, bank_labels, query, k, t, num_classes, relative=True):
+    """float64 reference; ``relative``: weights exp((sim - the query's largest sim) / t), as knn_predict's."""
     bank, query = bank.double().numpy(), query.double().numpy()
     scores = np.zeros((len(query), num_classes))
     for i, q in enumerate(query):
         sims = [float(q @ b / (np.linalg.norm(q) * np.linalg.norm(b))) for b in bank]
+        top = max(sims) if relative else 0.0
         for j in sorted(range(len(bank)), key=lambda j: -sims[j])[:k]:
-            scores[i, int(bank_labels[j])] += math.exp(sims[j] / t)
+            scores[i, int(bank_labels[j])] += math.exp((sims[j] - top) / t)
     return torch.tensor(scores)
 
 
@@ -195,6 +198,42 @@ def test_knn_against_brute_force(k, chunk):
     ref = brute_force_knn(bank, bank_labels, query, k, 0.1, 5)  # k=200 > bank: all 40 neighbours vote
     torch.testing.assert_close(scores.double(), ref, rtol=1e-4, atol=1e-3)
     assert torch.equal(scores.argmax(1), ref.argmax(1))
+
+
+def test_knn_is_stable_at_small_temperature():
+    # exp(sim / t) overflows float32 for t below ~0.011; relative weights stay finite, the argmax does not move
+    g = torch.Generator().manual_seed(5)
+    bank, query = torch.randn(60, 8, generator=g), torch.randn(25, 8, generator=g)
+    bank_labels = torch.randint(0, 6, (60,), generator=g)
+    scores = lt.knn_predict(bank, bank_labels, query, k=20, t=0.005, num_classes=6)
+    assert torch.isfinite(scores).all()
+    absolute = brute_force_knn(bank, bank_labels, query, 20, 0.005, 6, relative=False)  # exp(200) fits float64
+    assert torch.equal(scores.argmax(1), absolute.argmax(1))
+    torch.testing.assert_close(scores.double(), brute_force_knn(bank, bank_labels, query, 20, 0.005, 6),
+                               rtol=1e-4, atol=1e-6)
+
+
+def old_knn_scores(bank, bank_labels, query, k, t, num_classes):
+    """knn_predict before the stable form: float32 exp(sim / t), the numbers the book printed."""
+    bank, query = F.normalize(bank.float(), dim=1), F.normalize(query.float(), dim=1)
+    sim, idx = (query @ bank.T).topk(min(k, len(bank)), dim=1)
+    return torch.zeros(len(query), num_classes).scatter_add_(1, bank_labels[idx], (sim / t).exp())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_knn_predictions_at_t_01_match_the_old_formula(seed):
+    # the stable form scales each query's scores by exp(-max sim / t): the book's kNN accuracies cannot move
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(50, 64, generator=g)
+    bank_labels, query_labels = torch.arange(50).repeat(10), torch.randint(0, 50, (1500,), generator=g)
+    bank = centers[bank_labels] + 1.5 * torch.randn(500, 64, generator=g)
+    query = centers[query_labels] + 1.5 * torch.randn(1500, 64, generator=g)
+    for k in (200, 20):
+        scores = lt.knn_predict(bank, bank_labels, query, k=k, t=0.1, num_classes=50, chunk=256)
+        old = old_knn_scores(bank, bank_labels, query, k, 0.1, 50)
+        assert torch.equal(scores.argmax(1), old.argmax(1))
+        torch.testing.assert_close(lt.metrics.per_class_accuracy(scores, query_labels, 50),
+                                   lt.metrics.per_class_accuracy(old, query_labels, 50), rtol=0, atol=0, equal_nan=True)
 
 
 def test_knn_accuracy_on_separable_clusters():

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
+from safetensors.torch import load_file, save_file
 
 import lt_utils.lab as lab
 import lt_utils.models as models
@@ -148,6 +149,14 @@ def test_save_foundation_model_round_trip_open_clip(tiny, tmp_path, images):
     assert torch.equal(again.text_features(NAMES), tiny.fm.text_features(NAMES))
     with pytest.raises(ValueError, match="safetensors"):
         save_foundation_model(tmp_path / "tiny.pt", tiny.fm)
+
+
+def test_broken_lt_utils_metadata_names_the_file(tiny, tmp_path):
+    path = save_foundation_model(tmp_path / "tiny.safetensors", tiny.fm)
+    save_file(load_file(path), str(path), metadata={"lt_utils": '{"kind": "open_clip", '})  # cut short
+    with pytest.raises(ValueError, match="not valid JSON") as err:
+        load_foundation_model("tiny-test", pretrained=path, device="cpu")
+    assert str(path) in str(err.value)
 
 
 def test_drop_text_tower_keeps_computed_features(tiny):

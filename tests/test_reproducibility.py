@@ -11,7 +11,7 @@ SCRIPT = textwrap.dedent("""
     import sys, torch
     import lt_utils as lt
     from lt_utils import lab
-    lab.DOWNSTREAM_N_MAX, lab.DOWNSTREAM_IR, lab.VAL_PER_CLASS, lab.TEST_PER_CLASS = 20, 10, 2, 2
+    lab.DOWNSTREAM_N_MAX, lab.VAL_PER_CLASS, lab.TEST_PER_CLASS = 120, 2, 2
     lab.PRETRAIN_CONFIG.update(corpus_size=512, epochs=1)
     lab.pretrain("lab-clip", progress=False)  # pre-training re-seeds the global RNG: draw after it
     torch.manual_seed(int(sys.argv[2]))  # other history in each process

@@ -1,5 +1,6 @@
 """lt.training.train on tiny stand-ins (a small nn.Module, an in-memory dataset): recipe, seeding, micro-batching,
 checkpoint/resume, NaN handling, the DataLoader path."""
+import hashlib
 import math
 
 import pytest
@@ -159,6 +160,37 @@ def test_resume_refuses_other_settings(tmp_path):
     with pytest.raises(ValueError, match="resume=False"):
         train(TinyNet(), TinyImages(), F.cross_entropy, epochs=2, checkpoint_dir=tmp_path, **KW)
     train(TinyNet(), TinyImages(), F.cross_entropy, epochs=2, checkpoint_dir=tmp_path, resume=False, **KW)
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    """Same hyper-parameters and dataset size, another loss: the run fingerprint tells them apart."""
+    run = dict(model="tiny", peft="adapter", loss="la", data=dict(n=96))
+    train(TinyNet(), TinyImages(), F.cross_entropy, epochs=1, checkpoint_dir=tmp_path, run_fingerprint=run, **KW)
+    with pytest.raises(ValueError, match=r"loss.*'la'.*'ce'.*resume=False"):
+        train(TinyNet(), TinyImages(), F.cross_entropy, epochs=1, checkpoint_dir=tmp_path,
+              run_fingerprint=dict(run, loss="ce"), **KW)
+    with pytest.raises(ValueError, match="resume=False"):  # one without a fingerprint is another run too
+        train(TinyNet(), TinyImages(), F.cross_entropy, epochs=1, checkpoint_dir=tmp_path, **KW)
+    calls = []  # the same run (tuples and lists alike, as in JSON) resumes: nothing left to train
+    train(TinyNet(), TinyImages(), lambda z, y: calls.append(1) or F.cross_entropy(z, y), epochs=1,
+          checkpoint_dir=tmp_path, run_fingerprint=dict(run), **KW)
+    assert calls == []
+    with pytest.raises(TypeError, match="JSON"):
+        train(TinyNet(), TinyImages(), F.cross_entropy, epochs=1, run_fingerprint=dict(model=object()), **KW)
+
+
+def test_a_corrupt_checkpoint_is_refused_and_kept(tmp_path):
+    train(TinyNet(), TinyImages(), F.cross_entropy, epochs=1, checkpoint_dir=tmp_path, **KW)
+    ckpt = tmp_path / "last.pt"
+    assert (tmp_path / "last.pt.sha256").read_text().split()[0] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    data = bytearray(ckpt.read_bytes())
+    data[len(data) // 2] ^= 0x01  # a bit flip on disk
+    ckpt.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"corrupt.*[Dd]elete it.*resume=False"):
+        train(TinyNet(), TinyImages(), F.cross_entropy, epochs=1, checkpoint_dir=tmp_path, **KW)
+    assert ckpt.read_bytes() == bytes(data), "the checkpoint is left for the user to judge"
+    train(TinyNet(), TinyImages(), F.cross_entropy, epochs=1, checkpoint_dir=tmp_path, resume=False, **KW)
+    assert (tmp_path / "last.pt.sha256").read_text().split()[0] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
 
 
 def test_nan_loss_names_epoch_and_step():
