@@ -5,10 +5,12 @@ the Colab links derived from the ONE repository URL in _config.yml.
     python scripts/book_tools.py stage DIR                # copy the book into DIR with execution turned off
     python scripts/book_tools.py check DIR                # DIR's notebooks are executed, error-free and current
     python scripts/book_tools.py sync-colab [--check]     # rewrite badges + Colab install lines from _config.yml
+    python scripts/book_tools.py glued DIR [--compare DIR2]  # the numbers DIR's chapters glued (or what differs)
 """
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
@@ -130,6 +132,24 @@ def check_executed(dest: Path, root: Path = ROOT) -> list[str]:
     return problems
 
 
+def glued_values(dest: Path, root: Path | None = None) -> dict[str, str]:
+    """``"chapter:name" -> value`` of every number or sentence that the executed toc notebooks in ``dest`` glued
+    into the prose (``lt.glue``), as the book shows it: to compare two builds of the book."""
+    root = ROOT if root is None else root
+    values = {}
+    for source in toc_notebooks(root):
+        copy = Path(dest) / source.relative_to(root)
+        if not copy.is_file():
+            continue
+        for cell in nbformat.read(copy, as_version=4).cells:
+            for out in cell.get("outputs", []):
+                record = out.get("metadata", {}).get("scrapbook", {})
+                if "name" in record:
+                    data = out.get("data", {})
+                    values[f"{source.stem}:{record['name']}"] = data.get(record.get("mime_prefix", "") + "text/plain")
+    return values
+
+
 def sync_colab(root: Path = ROOT, check: bool = False) -> list[Path]:
     """Point every notebook's Colab badge and setup-cell install line at the repository of _config.yml.
     Returns the notebooks that were (``check=True``: would be) changed."""
@@ -162,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="check the executed copies in DIR").add_argument("dest", type=Path)
     p = sub.add_parser("sync-colab", help="rewrite Colab badges and install lines from _config.yml")
     p.add_argument("--check", action="store_true", help="only report notebooks that are out of date")
+    p = sub.add_parser("glued", help="print the values DIR's executed chapters glued into the prose (JSON)")
+    p.add_argument("dest", type=Path)
+    p.add_argument("--compare", type=Path, default=None, metavar="DIR2",
+                   help="print only what differs from another executed copy (exit 1 if anything does)")
     args = parser.parse_args(argv)
 
     if args.command == "notebooks":
@@ -176,6 +200,17 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             print("Run `make test` (or `make book`) to execute the notebooks first.", file=sys.stderr)
             return 1
+    elif args.command == "glued":
+        values = glued_values(args.dest)
+        if args.compare is None:
+            print(json.dumps(values, indent=1, sort_keys=True))
+        else:
+            other = glued_values(args.compare)
+            differ = {k: [values.get(k), other.get(k)] for k in sorted(values.keys() | other.keys())
+                      if values.get(k) != other.get(k)}
+            print(json.dumps(differ, indent=1))
+            print(f"{len(differ)} of {len(values.keys() | other.keys())} glued values differ", file=sys.stderr)
+            return 1 if differ else 0
     elif args.command == "sync-colab":
         changed = sync_colab(check=args.check)
         for path in changed:

@@ -1,5 +1,6 @@
 """The book's frame: the toc, the chapter shape every notebook follows, the citations, and the build helpers."""
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -256,3 +257,26 @@ def test_sync_colab_rewrites_badges_and_install_lines(tmp_path):
 def test_repository_url_must_be_github():
     with pytest.raises(ValueError, match="repository.url"):
         book_tools.repository({"repository": {"url": "https://example.org/x"}})
+
+
+def _glue_output(name: str, value: str):
+    return nbformat.v4.new_output("display_data", data={"application/papermill.record/text/plain": value},
+                                  metadata={"scrapbook": {"name": name, "mime_prefix": "application/papermill.record/"}})
+
+
+def test_glued_values_of_two_builds_are_compared(tmp_path, capsys, monkeypatch):
+    root = _mini_book(tmp_path)
+    monkeypatch.setattr(book_tools, "ROOT", root)
+    builds = []
+    for value in ("'1.0'", "'2.0'"):
+        dest = book_tools.stage(tmp_path / f"build{value[1]}", root)
+        copy = dest / "book" / "a.ipynb"
+        nb = nbformat.read(copy, as_version=4)
+        nb.cells[1].outputs = [_glue_output("gain", value), _glue_output("groups", "'35/35/30'")]
+        nbformat.write(nb, copy)
+        builds.append(dest)
+    assert book_tools.glued_values(builds[0], root) == {"a:gain": "'1.0'", "a:groups": "'35/35/30'"}
+    assert book_tools.main(["glued", str(builds[0]), "--compare", str(builds[0])]) == 0
+    capsys.readouterr()
+    assert book_tools.main(["glued", str(builds[0]), "--compare", str(builds[1])]) == 1
+    assert json.loads(capsys.readouterr().out) == {"a:gain": ["'1.0'", "'2.0'"]}
