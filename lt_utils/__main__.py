@@ -26,7 +26,8 @@ from .distributed import dist_info
 from .groups import data_groups, prior_groups
 from .lab import upstream_priors
 from .losses import LOSS_NAMES
-from .metrics import accuracy, accuracy_report, check_finite
+from .checks import check_finite
+from .metrics import accuracy, accuracy_report
 from .models import build_classifier, load_foundation_model, save_checkpoint
 from .peft import PEFT_METHODS
 from .prior import rank_correlation

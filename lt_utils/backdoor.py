@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .checks import check_finite
+
 BACKDOOR_MODES = ("logits", "probs")
 
 
@@ -32,11 +34,8 @@ def _as_list(logits_per_model) -> list[torch.Tensor]:
         if z.shape != shape:
             raise ValueError(f"all models need logits of the same shape (N samples x C classes): model 0 has "
                              f"{tuple(shape)}, model {m} has {tuple(z.shape)}. Evaluate them on the same set.")
-        if z.is_floating_point() and not torch.isfinite(z).all():  # a NaN row would fuse into a fixed class
-            bad = (~torch.isfinite(z)).any(dim=1).nonzero().flatten()
-            name = f" ({names[m]!r})" if names is not None else ""
-            raise ValueError(f"the logits of model {m}{name} hold NaN or inf in {len(bad)} of {len(z)} rows (first: "
-                             f"row {bad[0].item()}). NaN is not a prediction: fix that model's run or leave it out.")
+        name = f" ({names[m]!r})" if names is not None else ""
+        check_finite(z, f"the logits of model {m}{name}")  # a NaN row would fuse into a fixed class
     return logits
 
 

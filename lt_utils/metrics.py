@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .augment import preprocessing
+from .checks import check_finite
 from .groups import GROUP_NAMES
 from .profiles import hide_progress
 
@@ -118,16 +119,6 @@ def predict(model: torch.nn.Module, dataset, device=None, batch_size: int = 256,
 
 
 # ------------------------------------------------------------------------------------------------- accuracies
-def check_finite(x: torch.Tensor, name: str) -> None:
-    """A ValueError naming ``name``, the count and the first row when float ``x`` (rows = samples) holds NaN or
-    inf: a NaN row's argmax is a fixed class, which would count as a prediction. One ``isfinite`` pass when all
-    is well."""
-    if x.is_floating_point() and not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x)).reshape(len(x), -1).any(dim=1).nonzero().flatten()
-        raise ValueError(f"{name} hold NaN or inf in {len(bad)} of {len(x)} rows (first: row {bad[0].item()}). "
-                         "NaN is not a prediction: find where it comes from (a diverged run, a log of 0) and fix it.")
-
-
 def _predictions(logits_or_preds, name: str = "logits_or_preds") -> torch.Tensor:
     x = torch.as_tensor(logits_or_preds)
     if x.ndim == 2:
