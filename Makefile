@@ -1,6 +1,7 @@
 # The two commands (see README.md):
 #   make book   - set up .venv, execute every chapter (lab profile), build the HTML book into _build/html
-#   make test   - set up .venv, run the unit tests, then execute every chapter of the toc with nbmake
+#   make test   - set up .venv, run the unit tests, then execute every chapter of the toc with nbmake (lab
+#                 profile, in order), then every chapter again, each COLD in the stand-in clip profile
 # Chapters are executed ONCE, into a scratch copy of the book ($(EXECUTED)); `make html` renders that copy
 # with execution turned off. `.ci/run` is `make test` followed by `make html`.
 
@@ -31,7 +32,7 @@ export PYTHONHASHSEED := 0
 # else does (so torch is not reinstalled on every run).
 STAMP := $(VENV)/.lt-install-$(firstword $(shell cksum < pyproject.toml))
 
-.PHONY: help install book test unit execute html sync-colab jupyter clean clean-cache
+.PHONY: help install book test unit execute execute-standin html sync-colab jupyter clean clean-cache
 
 help:
 	@echo "make book        execute every chapter (lab profile) and build the HTML book into $(HTML)"
@@ -55,7 +56,7 @@ install: $(STAMP)
 book: execute
 	@$(MAKE) --no-print-directory html
 
-test: unit execute
+test: unit execute execute-standin
 
 # pytest exits 5 when it collects no test: that is not a failure of the frame.
 unit: $(STAMP)
@@ -69,6 +70,14 @@ execute: $(STAMP)
 	rc=0; $(PY) -m pytest -p no:cacheprovider --nbmake --overwrite --nbmake-timeout=$(NB_TIMEOUT) \
 		-v --durations=0 $$nbs || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no notebooks in the toc"; exit 0; fi; exit $$rc
+
+# Every chapter opened first on a fresh runtime, in the clip profile's code path: tiny random-weight open_clip
+# models and a fabricated CIFAR-100 archive (lt_utils/standin.py), each chapter with its own empty cache and data
+# root. Also counts the runs each chapter triggers (checked against benchmarks/results/, which the time tables are
+# computed from), and replays chapter 4 from an export -> import of its cache, training nothing (LT_CACHE_ONLY).
+execute-standin: $(STAMP)
+	$(PY) scripts/cold_book.py --out .lt_cache/standin --timeout $(NB_TIMEOUT) \
+		--check-counts benchmarks/results/chapter_runs_clip-lite.json --replay book/04_backdoor_adjustment.ipynb
 
 html: $(STAMP)
 	$(PY) scripts/book_tools.py check $(EXECUTED)

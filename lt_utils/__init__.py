@@ -6,7 +6,7 @@ Everything else stays reachable through its module, e.g. ``lt.training.train`` o
 The modules form layers whose imports only go down; DESIGN.md draws them and is tested.
 """
 from . import (augment, backdoor, cache, data, distributed, experiments, explain, groups, lab, losses, metrics,
-               models, peft, plots, prior, profiles, runs, training)
+               models, peft, plots, prior, profiles, runs, standin, training)
 from .backdoor import backdoor_adjust
 from .cache import cached
 from .data import balanced_subset, load_dataset
@@ -16,8 +16,9 @@ from .groups import GROUP_NAMES, data_groups, prior_groups
 from .losses import cross_entropy_loss, gla_train_loss, logit_adjusted_loss
 from .metrics import accuracy, accuracy_report, knn_predict, report_row
 from .models import register_foundation_model
-from .plots import (glue, plot_causal_graph, plot_group_bars, plot_group_matrix, plot_long_tail,
-                    plot_per_class_vs_prior, plot_prior_scatter, set_style, show_cams, show_images)
+from .plots import (plot_causal_graph, plot_group_bars, plot_group_matrix, plot_long_tail,
+                    plot_per_class_vs_prior, plot_prior_scatter, set_style, show_cams, show_images,
+                    show_markdown)
 from .prior import estimate_prior, rank_correlation
 from .profiles import profile
 from .runs import estimate_pretrain_prior, fine_tune, load_fine_tuned, test_transform, zero_shot
@@ -44,6 +45,6 @@ __all__ = [
     # explaining and costing
     "grad_cam", "count_flops", "inference_cost",
     # figures and prose
-    "set_style", "glue", "plot_long_tail", "plot_group_bars", "plot_group_matrix", "plot_prior_scatter",
+    "set_style", "show_markdown", "plot_long_tail", "plot_group_bars", "plot_group_matrix", "plot_prior_scatter",
     "plot_per_class_vs_prior", "show_images", "show_cams", "plot_causal_graph",
 ]

@@ -3,9 +3,12 @@
     python -m lt_utils train --profile lab --model lab-clip --loss la --out runs/lab-clip      # stage 1
     python -m lt_utils eval --runs runs/lab-clip runs/lab-openclip runs/lab-metaclip --out ensemble.json  # 2
     python -m lt_utils estimate-prior --profile lab --model lab-clip --out prior.json
+    python -m lt_utils cache export results.zip        # a teacher, after running the chapters (on a GPU)
+    python -m lt_utils cache import results.zip        # each student, before opening the chapters
 
 Stage 1 fine-tunes one foundation model and writes a run folder; stage 2 combines several run folders by
 backdoor adjustment, without a forward pass. Multi-GPU: ``torchrun --nproc_per_node=N -m lt_utils train ...``.
+``cache export`` / ``cache import`` carry the results cache in one checked zip archive: one GPU run serves a class.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ import torch
 
 from .version import __version__
 from .backdoor import BACKDOOR_MODES, backdoor_adjust
-from .cache import atomic_torch_save, atomic_write_text, safe_torch_load
+from .cache import atomic_torch_save, atomic_write_text, export_cache, import_cache, safe_torch_load
 from .distributed import dist_info
 from .groups import data_groups, prior_groups
 from .lab import upstream_priors
@@ -51,7 +54,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of ``python -m lt_utils`` (sub-commands train, eval, estimate-prior)."""
+    """The argparse parser of ``python -m lt_utils`` (sub-commands train, eval, estimate-prior, cache)."""
     parser = argparse.ArgumentParser(
         prog="python -m lt_utils", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Fine-tune foundation models on a long-tailed set (stage 1) and combine them by backdoor "
@@ -61,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  python -m lt_utils eval --runs runs/lab-clip runs/lab-openclip runs/lab-metaclip "
                "--out runs/ensemble.json\n"
                "  python -m lt_utils estimate-prior --profile lab --model lab-clip\n"
+               "  python -m lt_utils cache export results.zip    # share the cached results with a class\n"
+               "  python -m lt_utils cache import results.zip    # students: the chapters then train nothing\n"
                "Results are cached under $LT_CACHE_DIR (default ~/.cache/lt_utils).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -104,7 +109,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=PROFILE_NAMES, default=None, help=profile_help)
     p.add_argument("--model", required=True, help="foundation model name, e.g. lab-clip or clip")
     p.add_argument("--out", type=Path, default=None, metavar="FILE", help="prior JSON to write (default: print)")
-    for name, sub in commands.choices.items():
+
+    p = commands.add_parser(
+        "cache", help="export the results cache to one archive, or import one (one GPU run serves a class)",
+        description="Carry cached results to other machines: a teacher runs the chapters once (e.g. on a GPU)\n"
+                    "and exports the cache ($LT_CACHE_DIR, default ~/.cache/lt_utils) to one zip archive; each\n"
+                    "student imports it, and the chapters load the results instead of training.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python -m lt_utils cache export results.zip\n"
+               "  python -m lt_utils cache export results.zip --kinds zeroshot finetune\n"
+               "  python -m lt_utils cache import results.zip\n"
+               "  !python -m lt_utils cache import /content/drive/MyDrive/results.zip    # on Colab")
+    actions = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    q = actions.add_parser(
+        "export", help="write the complete cached results into one zip archive",
+        description="Write every complete cached result (its sidecar's SHA-256 matches; checkpoints of unfinished "
+                    "runs and corrupt files are left out and reported) and a manifest.json into FILE, atomically.")
+    q.add_argument("file", type=Path, metavar="FILE", help="archive to write, e.g. results.zip")
+    q.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                   help="only these kinds of results, e.g. zeroshot finetune lab_world lab_pretrain (default: all)")
+    q = actions.add_parser(
+        "import", help="add the results of an archive to the cache",
+        description="Verify FILE completely (manifest, versions, paths, sizes, SHA-256s; nothing is written if "
+                    "anything is off), then add its results to the cache. A result already there with other bytes "
+                    "is left alone and reported, unless --overwrite.")
+    q.add_argument("file", type=Path, metavar="FILE", help="archive written by `cache export`")
+    q.add_argument("--overwrite", action="store_true", help="replace cached results that differ from the archive's")
+    for sub in (*commands.choices.values(), *actions.choices.values()):
         sub.set_defaults(subparser=sub)  # bad input: print this command's usage, not the top-level one
     return parser
 
@@ -279,6 +311,35 @@ def cmd_estimate_prior(args) -> None:
     _write_json(result, args.out)
 
 
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def cmd_cache(args) -> None:
+    if args.cache_command == "export":
+        summary = export_cache(args.file, kinds=args.kinds)
+        for path, reason in summary["skipped"]:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        kinds = ", ".join(f"{kind} {n}" for kind, n in summary["kinds"].items())
+        skipped = f"; {len(summary['skipped'])} skipped" if summary["skipped"] else ""
+        print(f"exported {summary['exported']} cached results ({kinds}; {_megabytes(summary['bytes'])}{skipped}) "
+              f"from {summary['cache_dir']} to {summary['archive']}")
+        return
+    summary = import_cache(args.file, overwrite=args.overwrite)
+    for path in summary["conflicts"]:
+        print(f"left alone {path}: the cached file differs from the archive's (--overwrite replaces it)",
+              file=sys.stderr)
+    for note in summary["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    parts = [f"{summary['skipped']} already there"]
+    if summary["conflicts"]:
+        parts.append(f"{len(summary['conflicts'])} differing, left alone")
+    if summary["overwritten"]:
+        parts.append(f"{len(summary['overwritten'])} replaced")
+    print(f"imported {summary['written']} of {summary['entries']} cached results into {summary['cache_dir']} "
+          f"({', '.join(parts)})")
+
+
 def _resolve_profile(name):
     try:
         return get_profile(name)
@@ -286,7 +347,7 @@ def _resolve_profile(name):
         raise ValueError(str(err)) from err
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "estimate-prior": cmd_estimate_prior}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "estimate-prior": cmd_estimate_prior, "cache": cmd_cache}
 
 
 def main(argv=None) -> int:
@@ -299,7 +360,7 @@ def main(argv=None) -> int:
         COMMANDS[args.command](args)
     except (ValueError, OSError) as err:  # OSError (FileNotFoundError too): an unreadable or unwritable path
         args.subparser.print_usage(sys.stderr)
-        print(f"{parser.prog} {args.command}: error: {err}", file=sys.stderr)
+        print(f"{args.subparser.prog}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

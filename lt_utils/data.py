@@ -17,8 +17,12 @@ folder from elsewhere cannot run code.
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import pickle
+import tarfile
+import urllib.request
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,10 +32,11 @@ import numpy as np
 import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from PIL import Image
-from torchvision.datasets.utils import download_and_extract_archive
+from tqdm.auto import tqdm
 
+from .cache import atomic_write
 from .groups import data_groups
-from .profiles import default_data_root
+from .profiles import default_data_root, hide_progress
 
 DATASET_NAMES = ("cifar100_lt", "imagenet_lt", "places_lt", "lab")
 
@@ -383,6 +388,43 @@ def lift_selection(targets, counts: Sequence[int], seed: int = 0) -> np.ndarray:
     return np.concatenate(keep)
 
 
+def download_and_extract(url: str, archive: Path, md5: str) -> None:
+    """Fetch ``url`` (http(s) or ``file://``) to ``archive`` and extract it next to it. The bytes are checked
+    against ``md5`` before the archive is kept (atomic write: a broken download leaves nothing behind), and
+    extraction refuses members that would land outside the folder or are links to outside it."""
+    digest = hashlib.md5()
+
+    def fetch(tmp: Path) -> None:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=archive.name, disable=hide_progress()) as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        if digest.hexdigest() != md5:
+            raise RuntimeError(f"the file from {url} has MD5 {digest.hexdigest()}, not {md5}: corrupted or another "
+                               "file, so it was not kept")
+
+    if not (archive.is_file() and hashlib.md5(archive.read_bytes()).hexdigest() == md5):
+        atomic_write(archive, fetch)
+    with tarfile.open(archive) as tar:
+        tar.extractall(archive.parent, filter="data")
+
+
+def cifar100_source() -> tuple[str, str]:
+    """(URL, MD5) of the CIFAR-100 archive that ``download=True`` fetches: the real one, or a mirror named by
+    ``$LT_CIFAR100_URL`` and ``$LT_CIFAR100_MD5`` together (a course server, a local ``file://`` copy; the
+    stand-in profile serves its fabricated archive so)."""
+    url, md5 = os.environ.get("LT_CIFAR100_URL"), os.environ.get("LT_CIFAR100_MD5")
+    if not url and not md5:
+        return CIFAR100_URL, CIFAR100_TGZ_MD5
+    if not (url and md5):
+        raise ValueError("Set both LT_CIFAR100_URL and LT_CIFAR100_MD5 (the archive's MD5, checked before it is "
+                         "extracted), or neither to download the real CIFAR-100.")
+    return url, md5
+
+
 def _load_cifar100_lt(root: Path, split, imbalance_ratio, transform, download, seed) -> InMemoryDataset:
     """CIFAR-100-LT. CIFAR-100 has no val split: val is 20 images per class held out of the 10,000 test images
     (``cifar100_val_rows``) and test is the other 8,000 (80 per class), so that choosing a model on val never
@@ -397,13 +439,13 @@ def _load_cifar100_lt(root: Path, split, imbalance_ratio, transform, download, s
             f"(about 170 MB) into {root}, or point root= (or $LT_DATA_ROOT) at the folder that holds "
             "cifar-100-python/.")
     if missing:
+        url, md5 = cifar100_source()
         try:  # the archive is checked against its MD5 before it is extracted
-            download_and_extract_archive(CIFAR100_URL, str(root), filename="cifar-100-python.tar.gz",
-                                         md5=CIFAR100_TGZ_MD5)
-        except (OSError, RuntimeError) as err:  # no network, disk full, MD5 mismatch ("File not found or corrupted")
-            raise RuntimeError(f"Downloading CIFAR-100 into {root} failed ({err}). Download "
+            download_and_extract(url, root / "cifar-100-python.tar.gz", md5)
+        except (OSError, RuntimeError, tarfile.TarError) as err:  # no network, disk full, MD5 mismatch
+            raise RuntimeError(f"Downloading CIFAR-100 from {url} into {root} failed ({err}). Download "
                                f"cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, check its "
-                               f"MD5 ({CIFAR100_TGZ_MD5}) and extract it into {root}.") from err
+                               f"MD5 ({md5}) and extract it into {root}.") from err
     file = "train" if split == "train" else "test"
     try:
         images, targets, classnames = read_cifar100(folder, file)

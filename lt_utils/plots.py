@@ -4,6 +4,7 @@ returns them."""
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 
 import matplotlib.pyplot as plt
@@ -339,24 +340,31 @@ def show_images(images, labels=None, classnames=None, nrow: int = 8, ax=None, me
     return ax
 
 
-def glue(name: str, value, display: bool = False):
-    """Make ``value`` available to the book's prose as ``{glue:text}`name```` (myst-nb).
+def show_markdown(text: str) -> None:
+    """Show ``text`` below the cell as Markdown: the prose about the numbers a chapter's run computed.
 
-    A no-op where myst-nb is not installed (e.g. Colab).  Used in every chapter for the numbers in the prose.
+    Used in chapters 1-5 for their "What this run shows" paragraphs: a code cell tagged ``remove-input`` (Colab:
+    a collapsed form cell) formats the sentences from the variables the cells above computed and shows them with
+    this. The book renders the ``text/markdown`` output as its own prose (math included), Colab and Jupyter show the
+    same text, so the numbers and the wording follow the profile that ran. Outside IPython the text is printed.
 
     Args:
-        name: the key the prose refers to.
-        value: the value to glue.
-        display: whether to also display the value in the cell's output.
+        text: Markdown (math as ``$...$``); its common indentation and surrounding blank lines are removed, so a
+            triple-quoted f-string may be indented like the code around it.
 
     Returns:
-        ``value``, so a cell can glue and use a number in one line."""
+        None: the text is displayed, not returned (a returned string would be shown a second time as the cell's
+        value)."""
+    text = textwrap.dedent(text).strip()
     try:
-        from myst_nb import glue as myst_glue  # optional: absent on Colab, where glue is a no-op
+        from IPython import get_ipython  # optional: IPython comes with Jupyter and Colab only
+        from IPython.display import Markdown, display  # optional: IPython comes with Jupyter and Colab only
     except ImportError:
-        return value
-    myst_glue(name, value, display=display)
-    return value
+        get_ipython = None
+    if get_ipython is None or get_ipython() is None:  # a plain Python process: no rich display
+        print(text)
+        return
+    display(Markdown(text))
 
 
 def plot_causal_graph(ax=None):

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PROFILE_NAMES = ("lab", "clip")
+PROFILE_NAMES = ("lab", "clip", "clip-lite")
+# Profiles that higher layers add (``register_profile``): name -> function returning a ``Profile``.
+_EXTRA_PROFILES: dict = {}
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,31 @@ def setup_cpu(threads: int | None = None) -> None:
     torch.set_num_threads(threads)
 
 
+def register_profile(name: str, build) -> None:
+    """Add a profile that a higher layer defines (``lt_utils.standin`` adds ``"standin"``): ``build()``
+    returns its ``Profile``."""
+    if name in PROFILE_NAMES:
+        raise ValueError(f"{name!r} is a built-in profile; pick another name.")
+    _EXTRA_PROFILES[name] = build
+
+
+def _require_cuda(name: str) -> None:
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"The {name} profile fine-tunes ViT-B/16 models and needs a CUDA GPU, but none is visible. On Colab "
+            "choose Runtime > Change runtime type > GPU and rerun; to run on this machine's CPU set "
+            "LT_PROFILE=lab instead."
+        )
+
+
 def profile(name: str | None = None) -> Profile:
     """The settings a chapter reads: its one config cell is ``P = lt.profile()``. Used by every chapter.
 
     Args:
-        name: ``"lab"`` (CPU, the book's own miniature models) or ``"clip"`` (CLIP / OpenCLIP / MetaCLIP
-            ViT-B/16 on CIFAR-100-LT, needs a CUDA GPU); None reads ``$LT_PROFILE`` (default ``"lab"``).
+        name: ``"lab"`` (CPU, the book's own miniature models), ``"clip"`` (CLIP / OpenCLIP / MetaCLIP
+            ViT-B/16 on CIFAR-100-LT with LIFT's recipe, needs a CUDA GPU) or ``"clip-lite"`` (the same with 3
+            epochs instead of 10 and one seed: every chapter fits a free Colab T4 session opened cold);
+            None reads ``$LT_PROFILE`` (default ``"lab"``).
 
     Returns:
         A frozen ``Profile``; change a setting with ``P.replace(epochs=2)``.
@@ -105,14 +126,9 @@ def profile(name: str | None = None) -> Profile:
             lr=0.01, momentum=0.9, weight_decay=5e-4, tau=1.0, seeds=(0, 1, 2),
             device=torch.device("cpu"), amp=False, num_workers=0,
         )
-    if name == "clip":
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                "The clip profile fine-tunes three ViT-B/16 models and needs a CUDA GPU, but none is visible. "
-                "On Colab choose Runtime > Change runtime type > GPU and rerun; to run on this machine's CPU set "
-                "LT_PROFILE=lab instead."
-            )
-        return Profile(
+    if name in ("clip", "clip-lite"):
+        _require_cuda(name)
+        clip = Profile(
             name="clip", dataset="cifar100_lt",
             data_root=str(default_data_root()), imbalance_ratio=100,
             models=("clip", "openclip", "metaclip"), control_models=("clip", "clip", "clip"),
@@ -120,7 +136,12 @@ def profile(name: str | None = None) -> Profile:
             lr=0.01, momentum=0.9, weight_decay=5e-4, tau=1.0, seeds=(0, 1, 2),
             device=torch.device("cuda"), amp=True, num_workers=min(os.cpu_count() or 2, 8),
         )
-    raise ValueError(f"Unknown profile {name!r}: choose one of {PROFILE_NAMES} (set LT_PROFILE or pass name=).")
+        # clip-lite: the time of a fine-tune is proportional to its epochs (benchmarks/clip_time.py)
+        return clip if name == "clip" else clip.replace(name="clip-lite", epochs=3, seeds=(0,))
+    if name in _EXTRA_PROFILES:
+        return _EXTRA_PROFILES[name]()
+    raise ValueError(f"Unknown profile {name!r}: choose one of {PROFILE_NAMES + tuple(_EXTRA_PROFILES)} (set "
+                     "LT_PROFILE or pass name=).")
 
 
 def hide_progress(progress: bool = True) -> bool:

@@ -50,7 +50,9 @@ def _load_splits(profile: Profile, fm) -> dict:
     batch-wise on the device instead (``test_transform``)."""
     splits = {}
     for split in ("train", "val", "test"):
-        data = load_dataset(profile.dataset, profile.data_root, split, imbalance_ratio=profile.imbalance_ratio)
+        # download=True: a chapter opened first on a fresh runtime fetches the data itself
+        data = load_dataset(profile.dataset, profile.data_root, split, imbalance_ratio=profile.imbalance_ratio,
+                            download=True)
         if not is_in_memory(data):
             data.transform = fm.train_transform if split == "train" else fm.test_transform
         splits[split] = data

@@ -5,7 +5,10 @@ the Colab links derived from the ONE repository URL in _config.yml.
     python scripts/book_tools.py stage DIR                # copy the book into DIR with execution turned off
     python scripts/book_tools.py check DIR                # DIR's notebooks are executed, error-free and current
     python scripts/book_tools.py sync-colab [--check]     # rewrite badges + Colab install lines from _config.yml
-    python scripts/book_tools.py glued DIR [--compare DIR2]  # the numbers DIR's chapters glued (or what differs)
+    python scripts/book_tools.py glued DIR [--compare DIR2]  # the numbers DIR's prose shows (or what differs)
+
+The badges open a chapter from `repository.branch`; its setup cell installs lt_utils at `repository.release`, the
+tag of the release the book was built from, so a later commit cannot change the code under a saved cache.
 """
 from __future__ import annotations
 
@@ -42,15 +45,34 @@ def repository(config: dict) -> tuple[str, str]:
 
 
 def colab_link(notebook: str | Path, config: dict) -> str:
-    """The Open-in-Colab URL of a notebook given by its path relative to the repository root."""
-    slug, branch = repository(config)
-    return f"https://colab.research.google.com/github/{slug}/blob/{branch}/{Path(notebook).as_posix()}"
+    """The Open-in-Colab URL of a notebook given by its path relative to the repository root, at the book's
+    release: the chapter a student opens is the one its pinned lt_utils was released with."""
+    slug, _ = repository(config)
+    return f"https://colab.research.google.com/github/{slug}/blob/{release(config)}/{Path(notebook).as_posix()}"
+
+
+def release(config: dict) -> str:
+    """The git tag of the release the book was built from (``repository.release``; the branch where none is set)."""
+    repo = config.get("repository") or {}
+    return str(repo.get("release") or repository(config)[1])
+
+
+def release_problems(root: Path = ROOT) -> list[str]:
+    """Why ``repository.release`` of _config.yml is not the tag of lt_utils' version ("v" + ``__version__``)."""
+    repo = load_config(root).get("repository") or {}
+    version = re.search(r'__version__\s*=\s*"([^"]+)"', (root / "lt_utils" / "version.py").read_text())
+    if "release" not in repo or version is None:
+        return []
+    if str(repo["release"]) != f"v{version.group(1)}":
+        return [f"_config.yml: repository.release is {repo['release']!r} but lt_utils is version "
+                f"{version.group(1)} (lt_utils/version.py): set release to 'v{version.group(1)}'."]
+    return []
 
 
 def install_spec(config: dict) -> str:
-    """What the Colab setup cell pip-installs: lt_utils straight from the repository."""
-    slug, branch = repository(config)
-    return f"lt_utils @ git+https://github.com/{slug}@{branch}"
+    """What the Colab setup cell pip-installs: lt_utils from the repository, at the book's release."""
+    slug, _ = repository(config)
+    return f"lt_utils @ git+https://github.com/{slug}@{release(config)}"
 
 
 def toc_entries(toc: dict) -> list[str]:
@@ -132,27 +154,45 @@ def check_executed(dest: Path, root: Path = ROOT) -> list[str]:
     return problems
 
 
+def _prose_title(cell) -> str:
+    """The ``#@title`` of a prose cell (its Colab form title); empty for a cell without one."""
+    first = cell.source.split("\n", 1)[0]
+    return first.split("#@title", 1)[1].strip() if first.startswith("#@title") else ""
+
+
 def glued_values(dest: Path, root: Path | None = None) -> dict[str, str]:
-    """``"chapter:name" -> value`` of every number or sentence that the executed toc notebooks in ``dest`` glued
-    into the prose (``lt.glue``), as the book shows it: to compare two builds of the book."""
+    """What the executed toc notebooks in ``dest`` put into the prose, as the book shows it: to compare two builds.
+
+    ``"chapter:title" -> text`` for every Markdown output of a code cell (the prose cells that ``lt.show_markdown``;
+    the cell's ``#@title``, numbered when a chapter repeats one), and ``"chapter:name" -> value`` for every value
+    glued with myst-nb (builds of the book from before the prose cells)."""
     root = ROOT if root is None else root
     values = {}
     for source in toc_notebooks(root):
         copy = Path(dest) / source.relative_to(root)
         if not copy.is_file():
             continue
-        for cell in nbformat.read(copy, as_version=4).cells:
+        seen: dict[str, int] = {}
+        for i, cell in enumerate(nbformat.read(copy, as_version=4).cells):
+            texts = []
             for out in cell.get("outputs", []):
+                data = out.get("data", {})
                 record = out.get("metadata", {}).get("scrapbook", {})
                 if "name" in record:
-                    data = out.get("data", {})
                     values[f"{source.stem}:{record['name']}"] = data.get(record.get("mime_prefix", "") + "text/plain")
+                elif "text/markdown" in data:
+                    texts.append(data["text/markdown"])
+            if texts:
+                title = _prose_title(cell) or f"cell {i}"
+                seen[title] = seen.get(title, 0) + 1
+                key = title if seen[title] == 1 else f"{title} ({seen[title]})"
+                values[f"{source.stem}:{key}"] = "\n\n".join(texts)
     return values
 
 
 def sync_colab(root: Path = ROOT, check: bool = False) -> list[Path]:
-    """Point every notebook's Colab badge and setup-cell install line at the repository of _config.yml.
-    Returns the notebooks that were (``check=True``: would be) changed."""
+    """Point every notebook's Colab badge at the repository and branch of _config.yml, and its setup-cell install
+    line at the repository and release. Returns the notebooks that were (``check=True``: would be) changed."""
     config = load_config(root)
     spec = install_spec(config)
     changed = []
@@ -180,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", type=Path, default=None, help="print their paths inside this copy of the book")
     sub.add_parser("stage", help="copy the book into DIR with execution off").add_argument("dest", type=Path)
     sub.add_parser("check", help="check the executed copies in DIR").add_argument("dest", type=Path)
-    p = sub.add_parser("sync-colab", help="rewrite Colab badges and install lines from _config.yml")
+    p = sub.add_parser("sync-colab", help="rewrite Colab badges (branch) and install lines (release) from _config.yml")
     p.add_argument("--check", action="store_true", help="only report notebooks that are out of date")
-    p = sub.add_parser("glued", help="print the values DIR's executed chapters glued into the prose (JSON)")
+    p = sub.add_parser("glued", help="print the prose (and glued values) of DIR's executed chapters (JSON)")
     p.add_argument("dest", type=Path)
     p.add_argument("--compare", type=Path, default=None, metavar="DIR2",
                    help="print only what differs from another executed copy (exit 1 if anything does)")
@@ -209,14 +249,19 @@ def main(argv: list[str] | None = None) -> int:
             differ = {k: [values.get(k), other.get(k)] for k in sorted(values.keys() | other.keys())
                       if values.get(k) != other.get(k)}
             print(json.dumps(differ, indent=1))
-            print(f"{len(differ)} of {len(values.keys() | other.keys())} glued values differ", file=sys.stderr)
+            print(f"{len(differ)} of {len(values.keys() | other.keys())} prose texts or glued values differ",
+                  file=sys.stderr)
             return 1 if differ else 0
     elif args.command == "sync-colab":
+        problems = release_problems()
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
         changed = sync_colab(check=args.check)
         for path in changed:
             print(f"{'out of date' if args.check else 'updated'}: {path.relative_to(ROOT)}")
         if args.check and changed:
-            print("Run `make sync-colab` to point them at _config.yml's repository.", file=sys.stderr)
+            print("Run `make sync-colab` to point them at _config.yml's repository and release.", file=sys.stderr)
+        if problems or (args.check and changed):
             return 1
     return 0
 

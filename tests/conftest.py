@@ -1,14 +1,13 @@
 """Shared test set-up: unit tests never read or write the book's results cache, and figures never open a window."""
 import os
-import pickle
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 import lt_utils.cache as cache_module
 import lt_utils.lab as lab
+from lt_utils.standin import write_cifar100_folder
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -62,34 +61,10 @@ def tiny_lab(tmp_path, monkeypatch):
     return tmp_path
 
 
-def write_fake_cifar100(root, per_class_train: int, per_class_test: int, fine_names, seed: int = 123,
-                        per_class_val: int = 20):
-    """A CIFAR-100 folder in the real format under ``root`` (python pickles, N x 3072 uint8 rows, shuffled labels).
-
-    The test file holds ``per_class_val + per_class_test`` images per class: ``load_dataset`` holds 20 of each
-    class out of it as the val split, so the test split keeps ``per_class_test``."""
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-
-    def dump(obj, path):
-        with open(path, "wb") as f:
-            pickle.dump(obj, f, protocol=2)
-
-    for split, per_class in (("train", per_class_train), ("test", per_class_val + per_class_test)):
-        labels = rng.permutation(np.repeat(np.arange(100), per_class))
-        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-        dump({"filenames": [f"{i}.png" for i in range(len(labels))], "batch_label": split,
-              "fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist(), "data": data}, folder / split)
-    dump({"fine_label_names": list(fine_names), "coarse_label_names": [f"super_{i}" for i in range(20)]},
-         folder / "meta")
-    return root
-
-
 @pytest.fixture(scope="session")
 def fake_cifar100():
-    """The writer of fabricated CIFAR-100 folders (``write_fake_cifar100``), for tests in any file."""
-    return write_fake_cifar100
+    """The writer of fabricated CIFAR-100 folders in the real format (the stand-in profile's), for any test."""
+    return write_cifar100_folder
 
 
 class CachedTrace:

@@ -267,25 +267,27 @@ def test_cifar_reads_python2_era_numpy_pickles(tmp_path, fake_cifar100):
 
 
 def test_cifar_download_checks_the_archive_md5(tmp_path, fake_cifar100, monkeypatch):
+    monkeypatch.delenv("LT_CIFAR100_URL", raising=False)
+    monkeypatch.delenv("LT_CIFAR100_MD5", raising=False)
     calls = []
 
-    def fake_download(url, download_root, filename=None, md5=None, **kwargs):
-        calls.append(dict(url=url, root=download_root, filename=filename, md5=md5))
+    def fake_download(url, archive, md5):
+        calls.append(dict(url=url, archive=archive, md5=md5))
         fake_cifar100(tmp_path, 2, 1, [f"c{i}" for i in range(100)])
 
-    monkeypatch.setattr(D, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(D, "download_and_extract", fake_download)
     ds = lt.load_dataset("cifar100_lt", tmp_path, split="test", download=True)
     assert len(ds) == 100 and len(calls) == 1
     assert calls[0]["md5"] == "eb9058c3a382ffc7106e4002c42a8d85" == torchvision.datasets.CIFAR100.tgz_md5
-    assert calls[0]["url"] == torchvision.datasets.CIFAR100.url and calls[0]["filename"] == "cifar-100-python.tar.gz"
-    assert str(calls[0]["root"]) == str(tmp_path)
+    assert calls[0]["url"] == torchvision.datasets.CIFAR100.url
+    assert calls[0]["archive"] == tmp_path / "cifar-100-python.tar.gz"
     lt.load_dataset("cifar100_lt", tmp_path, split="test", download=True)
     assert len(calls) == 1  # present: not downloaded again
 
     def bad_archive(*args, **kwargs):
-        raise RuntimeError("File not found or corrupted.")  # what torchvision raises on an MD5 mismatch
+        raise RuntimeError("the file has MD5 0123, not eb90: corrupted or another file, so it was not kept")
 
-    monkeypatch.setattr(D, "download_and_extract_archive", bad_archive)
+    monkeypatch.setattr(D, "download_and_extract", bad_archive)
     with pytest.raises(RuntimeError, match="cifar-100-python.tar.gz"):
         lt.load_dataset("cifar100_lt", tmp_path / "elsewhere", download=True)
 

@@ -249,8 +249,9 @@ def test_sync_colab_rewrites_badges_and_install_lines(tmp_path):
     assert [p.name for p in book_tools.sync_colab(root, check=True)] == ["c.ipynb"]
     book_tools.sync_colab(root)
     cells = _cells(root / "book" / "c.ipynb")
-    assert "https://colab.research.google.com/github/someone/fork/blob/main/book/c.ipynb" in cells[0].source
-    assert "lt_utils @ git+https://github.com/someone/fork@main" in _setup_cell(cells).source
+    release = CONFIG["repository"]["release"]  # the badge and the install are pinned to the release
+    assert f"https://colab.research.google.com/github/someone/fork/blob/{release}/book/c.ipynb" in cells[0].source
+    assert f"lt_utils @ git+https://github.com/someone/fork@{release}" in _setup_cell(cells).source
     assert book_tools.sync_colab(root, check=True) == []
 
 

@@ -1,6 +1,9 @@
 """The book's protocol and claims, checked in the chapters' own text and code: choices made on validation, criteria
 that do not reuse the estimate a method adds, no result stated that the data did not compute, no claim the paper
-card does not support (issue: every number the book prints can be trusted)."""
+card does not support (issue: every number the book prints can be trusted).
+
+The text of a chapter is its Markdown cells and its prose cells: the code cells that format the paragraphs about
+the run's numbers and show them with ``lt.show_markdown`` (tests/test_colab_prose.py checks their form)."""
 import json
 from pathlib import Path
 
@@ -9,13 +12,30 @@ import pytest
 BOOK = Path(__file__).resolve().parents[1] / "book"
 
 
+def _is_prose(cell) -> bool:
+    return cell["cell_type"] == "code" and "lt.show_markdown(" in "".join(cell["source"])
+
+
 def _cells(name: str, kind: str) -> str:
+    """The source of a chapter's cells of one kind: ``"markdown"``, ``"code"`` or ``"text"`` (the Markdown cells and
+    the prose cells, whitespace collapsed: a prose cell's sentences are wrapped and indented inside its code)."""
     nb = json.loads((BOOK / f"{name}.ipynb").read_text())
+    if kind == "text":
+        text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown" or _is_prose(c))
+        return " ".join(text.split())
     return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == kind)
 
 
 def _all_markdown() -> str:
-    return "\n".join(_cells(p.stem, "markdown") for p in sorted(BOOK.glob("[0-9r]*.ipynb"))).replace("\n", " ")
+    """Every chapter's text (Markdown and prose cells) in one line."""
+    return " ".join(_cells(p.stem, "text") for p in sorted(BOOK.glob("[0-9r]*.ipynb")))
+
+
+def test_the_text_includes_the_prose_cells():
+    text = _cells("01_data_imbalance", "text")
+    assert "What the lab shows" in text and "classical long-tail result" in text  # a prose cell's sentence
+    assert "## Summary" in text  # and the Markdown
+    assert "{glue:" not in _all_markdown()
 
 
 @pytest.mark.parametrize("claim", [
@@ -49,15 +69,15 @@ def test_prior_corrections_are_not_judged_on_their_own_estimate():
 
 
 def test_the_knn_settings_are_credited_to_the_code_not_to_tab_4():
-    text = _cells("03_logit_adjustment_fails", "markdown").replace("\n", " ")
+    text = _cells("03_logit_adjustment_fails", "text")
     assert "settings of the kNN code in the paper's repository" in text
 
 
 def test_the_post_hoc_gla_of_the_paper_is_explained():
-    text = _cells("03_logit_adjustment_fails", "markdown").replace("\n", " ")
+    text = _cells("03_logit_adjustment_fails", "text")
     assert "also adds the zero-shot model's logits" in text and "+4.8" in text
 
 
 def test_lift_reference_is_labelled_with_its_test_time_ensembling():
-    assert "five-crop test-time ensembling" in _cells("01_data_imbalance", "markdown").replace("\n", " ")
-    assert "five-crop test-time ensembling" in _cells("results", "markdown")
+    assert "five-crop test-time ensembling" in _cells("01_data_imbalance", "text")
+    assert "five-crop test-time ensembling" in _cells("results", "text")

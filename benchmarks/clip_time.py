@@ -1,0 +1,85 @@
+"""How long each chapter takes in the clip and clip-lite profiles: runs counted, minutes measured or estimated.
+
+Runs per chapter: every chapter executed cold in the stand-in clip profile (``scripts/cold_book.py``) gives the
+fine-tunes and zero-shots a chapter computes when opened first on a fresh runtime, and those it adds when the
+chapters run in order. They are kept in ``benchmarks/results/chapter_runs_{clip-lite,clip}.json``; ``make test``
+recounts the clip-lite ones (one seed, as the stand-in) and fails when they differ, so the table cannot go stale.
+The clip profile's three seeds: ``scripts/cold_book.py --seeds 0 1 2 --out .lt_cache/standin-3seeds``.
+
+Minutes per run were measured end to end on an H100 (``benchmarks/results/clip_run_h100.json``, from
+``bench_clip_run.py``). Other GPUs are estimated by FLOP rate: minutes x (the H100's datasheet dense fp16 rate /
+the GPU's), i.e. assuming the same fraction of peak as measured on the H100 (12% in training; RESULTS.md).
+
+    python benchmarks/clip_time.py             # the README's table
+    python benchmarks/clip_time.py --abstracts # the sentence of each chapter's abstract
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PROFILES = ("clip-lite", "clip")
+DATASHEET_TFLOPS = {"H100": 989.0, "A100": 312.0, "T4": 65.0}  # dense fp16 tensor-core rates
+
+
+def chapter_runs(profile: str) -> list[dict]:
+    """The committed run counts of every chapter in ``profile`` (toc order)."""
+    return json.loads((RESULTS / f"chapter_runs_{profile}.json").read_text())
+
+
+def minutes_per_run(path: Path = RESULTS / "clip_run_h100.json") -> dict:
+    """profile -> {"fine_tune": minutes, "zero_shot": minutes} measured on the H100."""
+    runs = json.loads(path.read_text())["runs"]
+    zero_shot = next(r["minutes"] for r in runs if r["run"] == "zero_shot")
+    return {r["profile"]: dict(fine_tune=r["minutes"], zero_shot=zero_shot) for r in runs if r["run"] != "zero_shot"}
+
+
+def chapter_minutes(counts: dict, profile: str, gpu: str, when: str = "cold") -> float:
+    """Minutes of one chapter's runs (``when``: "cold" or "in_order") in ``profile`` on ``gpu``."""
+    per_run = minutes_per_run()[profile]
+    h100 = counts[f"finetune_{when}"] * per_run["fine_tune"] + counts[f"zeroshot_{when}"] * per_run["zero_shot"]
+    return h100 * DATASHEET_TFLOPS["H100"] / DATASHEET_TFLOPS[gpu]
+
+
+def _runs(counts: dict, when: str) -> str:
+    return f"{counts[f'finetune_{when}']} FT + {counts[f'zeroshot_{when}']} ZS"
+
+
+def table() -> str:
+    """The README's Markdown table: per chapter and profile, runs cold / in order and T4 / A100 minutes."""
+    lines = ["| chapter | profile | runs opened cold | runs in book order | T4 min cold (in order) | "
+             "A100 min cold | H100 min cold (measured per run) |", "|---|---|---|---|---|---|---|"]
+    for profile in PROFILES:
+        for counts in chapter_runs(profile):
+            t4 = [chapter_minutes(counts, profile, "T4", w) for w in ("cold", "in_order")]
+            lines.append(f"| {counts['chapter']} | {profile} | {_runs(counts, 'cold')} | {_runs(counts, 'in_order')} "
+                         f"| {t4[0]:.0f} ({t4[1]:.0f}) | {chapter_minutes(counts, profile, 'A100'):.0f} "
+                         f"| {chapter_minutes(counts, profile, 'H100'):.0f} |")
+    return "\n".join(lines)
+
+
+def abstract_sentence(chapter: str) -> str:
+    """The GPU part of a chapter's "Time" line (estimated minutes opened cold)."""
+    parts = []
+    for profile in PROFILES:
+        counts = next(c for c in chapter_runs(profile) if c["chapter"] == chapter)
+        parts.append(f"{profile} about {chapter_minutes(counts, profile, 'T4'):.0f} min on a T4 and "
+                     f"{chapter_minutes(counts, profile, 'A100'):.0f} on an A100")
+    return "; ".join(parts) + " when opened cold (estimated: `benchmarks/clip_time.py`)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--abstracts", action="store_true", help="print each chapter's abstract sentence")
+    args = parser.parse_args()
+    if args.abstracts:
+        for counts in chapter_runs("clip-lite"):
+            print(f"{counts['chapter']}: {abstract_sentence(counts['chapter'])}")
+    else:
+        print(table())
+
+
+if __name__ == "__main__":
+    main()
