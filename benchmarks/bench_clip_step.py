@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per setting")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--compile", action="store_true", help="also time the step of torch.compile(model)")
+    parser.add_argument("--fp16-frozen", action="store_true",
+                        help="also time the step with the frozen backbone stored in fp16 (no per-step casts)")
     args = parser.parse_args()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -158,6 +160,13 @@ def main() -> None:
     if cuda and args.compile:  # same FLOPs as eager; only the time differs
         result["train_compiled"] = measure(torch.compile(model), data, train_augment, loss_fn, 128, 128,
                                            args.steps, device, flops=result["train"][0]["flops_per_step"])
+    if cuda and args.fp16_frozen:  # an option to measure, not what lt_utils does today
+        for p in model.parameters():
+            if not p.requires_grad:
+                p.data = p.data.half()
+        flops = result["train"][0]["flops_per_step"]
+        result["train_fp16_frozen"] = measure(model, data, train_augment, loss_fn, 128, 128, args.steps, device,
+                                              flops=flops)
     if cuda:
         result["matmul_fp16_tflops"] = matmul_tflops(device)
         result["datasheet_tflops"] = datasheet_peak(result["device"])

@@ -21,6 +21,7 @@ import hashlib
 import math
 import os
 import pickle
+import sys
 import tarfile
 import urllib.request
 from dataclasses import dataclass
@@ -408,6 +409,9 @@ def download_and_extract(url: str, archive: Path, md5: str) -> None:
 
     if not (archive.is_file() and hashlib.md5(archive.read_bytes()).hexdigest() == md5):
         atomic_write(archive, fetch)
+    if not hasattr(tarfile, "data_filter"):  # Python < 3.10.12 / 3.11.4 cannot refuse unsafe members itself
+        raise RuntimeError(f"this Python ({sys.version.split()[0]}) cannot extract {archive.name} safely; use "
+                           "Python 3.10.12+ / 3.11.4+, or extract it yourself into its folder")
     with tarfile.open(archive) as tar:
         tar.extractall(archive.parent, filter="data")
 

@@ -31,6 +31,7 @@ def headline_comparison(profile=None, seeds=None) -> pd.DataFrame:
 
     Returns:
         A DataFrame with one row per (seed, method, P-groups source) and ``lt.report_row``'s columns (percent).
+        It prints one line: how many of the fine-tunes were trained now and how many loaded from the cache.
     """
     profile = resolve_profile(profile)
     seeds = profile.seeds if seeds is None else tuple(seeds)
@@ -39,12 +40,13 @@ def headline_comparison(profile=None, seeds=None) -> pd.DataFrame:
     priors = {"estimated": est_prior}
     if profile.dataset == "lab":
         priors["true"] = upstream_priors()
-    rows = []
+    rows, runs = [], []
     for seed in seeds:
         la = {m: fine_tune(profile, m, loss="la", seed=seed, progress=False) for m in profile.models}
         ce = fine_tune(profile, main, loss="ce", seed=seed, progress=False)
         gla = fine_tune(profile, main, loss="gla_train", seed=seed, pretrain_prior=est_prior[main], progress=False)
-        control = control_runs(profile, seed)
+        control = _control_runs(profile, seed, "la")
+        runs += [*la.values(), ce, gla, *control]
         best = max(profile.models, key=lambda m: accuracy(la[m]["val"]["logits"], la[m]["val"]["labels"]))
         methods = {  # name -> (test logits, the models whose prior defines the per-method P-groups)
             f"zero-shot ({main})": (zero_shot(profile, main, progress=False)["test"]["logits"], [main]),
@@ -65,7 +67,17 @@ def headline_comparison(profile=None, seeds=None) -> pd.DataFrame:
                     p_groups = prior_groups(torch.stack([prior[m] for m in models]).mean(0))
                     report = accuracy_report(logits, labels, d_groups=d_groups, p_groups=p_groups)
                     rows.append(report_row(report, seed=seed, method=method, **{"P-groups from": label}))
+    report_runs(f"headline comparison, seeds {list(seeds)}", runs)
     return pd.DataFrame(rows)
+
+
+def report_runs(what: str, runs: list[dict]) -> None:
+    """One line for a call that makes several fine-tunes: how many were trained now, how many loaded."""
+    trained = [r for r in runs if not r["from_cache"]]
+    took = sum(r["train_time_s"] for r in trained)
+    print(f"{what}: {len(runs)} fine-tunes, {len(trained)} trained now"
+          + (f" ({took / 60:.1f} min of training)" if trained else "") + f", {len(runs) - len(trained)} loaded "
+          "from the cache")
 
 
 def control_runs(profile=None, seed: int = 0, loss: str = "la", progress: bool = False) -> list[dict]:
@@ -80,12 +92,18 @@ def control_runs(profile=None, seed: int = 0, loss: str = "la", progress: bool =
         profile: a ``Profile`` or its name (None: ``$LT_PROFILE``).
         seed: the fine-tuning seed of the comparison.
         loss: the members' loss (LA in the book).
-        progress: show progress bars.
+        progress: show each run's progress bars and line.
 
     Returns:
-        A list of ``fine_tune`` results, one per control model.
+        A list of ``fine_tune`` results, one per control model. It prints one line: how many were trained now
+        and how many loaded from the cache.
     """
-    profile = resolve_profile(profile)
+    runs = _control_runs(resolve_profile(profile), seed, loss, progress)
+    report_runs(f"same-backbone control, seed {seed}", runs)
+    return runs
+
+
+def _control_runs(profile, seed: int, loss: str, progress: bool = False) -> list[dict]:
     members = profile.control_models
     one_backbone = len(set(members)) == 1
     return [fine_tune(profile, m, loss=loss, progress=progress,

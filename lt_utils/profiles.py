@@ -104,7 +104,7 @@ def _require_cuda(name: str) -> None:
 
 
 def profile(name: str | None = None) -> Profile:
-    """The settings a chapter reads: its one config cell is ``P = lt.profile()``. Used by every chapter.
+    """The settings a chapter reads: its one config cell is ``cfg = lt.profile()``. Used by every chapter.
 
     Args:
         name: ``"lab"`` (CPU, the book's own miniature models), ``"clip"`` (CLIP / OpenCLIP / MetaCLIP
@@ -113,7 +113,7 @@ def profile(name: str | None = None) -> Profile:
             None reads ``$LT_PROFILE`` (default ``"lab"``).
 
     Returns:
-        A frozen ``Profile``; change a setting with ``P.replace(epochs=2)``.
+        A frozen ``Profile``; change a setting with ``cfg.replace(epochs=2)``.
     """
     name = (name or os.environ.get("LT_PROFILE") or "lab").strip().lower()
     if name == "lab":

@@ -66,6 +66,18 @@ def _batch_transform(profile: Profile, model, train: bool) -> TensorAugment:
     return preprocessing(model, train=train, native_size=profile.dataset == "lab", five_crop=profile.tte)
 
 
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def report_run(what: str, from_cache: bool, seconds: float | None) -> None:
+    """The one line a load-or-train call prints: a reader can tell a two-minute training from a file load."""
+    took = "" if seconds is None else f" in {_clock(seconds)}"
+    print(f"{what}: loaded from the cache (computed{took} when it was made)" if from_cache
+          else f"{what}: computed{took}")
+
+
 def _predict_splits(model, splits: dict, profile: Profile, fm, device, progress: bool = True) -> dict:
     out = {}
     for split in ("val", "test"):
@@ -86,12 +98,13 @@ def zero_shot(profile=None, model_name: str | None = None, progress: bool = True
 
     Args:
         profile: a ``Profile`` or its name (None: ``$LT_PROFILE``).
-        model_name: a ``lt.models.FOUNDATION_MODELS`` name, e.g. ``P.models[0]``. Real CLIP models use the
+        model_name: a ``lt.models.FOUNDATION_MODELS`` name, e.g. ``cfg.models[0]``. Real CLIP models use the
             80-prompt template ensemble; the lab models look their class embeddings up.
-        progress: show progress bars.
+        progress: show progress bars, and one line saying whether the run was computed or loaded.
 
     Returns:
-        ``dict(model, templates, val=dict(logits, features, labels), test=dict(...))``, tensors on the CPU.
+        ``dict(model, templates, eval_time_s, from_cache, val=dict(logits, features, labels), test=dict(...))``,
+        tensors on the CPU; ``from_cache`` says whether it was loaded rather than computed now.
     """
     profile = resolve_profile(profile)
     if not model_name:
@@ -99,14 +112,22 @@ def zero_shot(profile=None, model_name: str | None = None, progress: bool = True
     templates = "single" if profile.dataset == "lab" else "ensemble"
     key = dict(_data_key(profile), model=model_name, templates=templates)
 
+    computed = []
+
     def compute():
+        start = time.perf_counter()
         fm = load_foundation_model(model_name, device=profile.device)
         splits = _load_splits(profile, fm)
         model = fm.zero_shot_classifier(splits["test"].classnames, templates=templates)
         outputs = _predict_splits(model, splits, profile, fm, profile.device, progress)
-        return dict(model=model_name, templates=templates, **outputs)
+        computed.append(True)
+        return dict(model=model_name, templates=templates, eval_time_s=time.perf_counter() - start, **outputs)
 
-    return cached("zeroshot", key, compute, depends_on=run_modules(profile, model_name, ZERO_SHOT_MODULES))
+    result = cached("zeroshot", key, compute, depends_on=run_modules(profile, model_name, ZERO_SHOT_MODULES))
+    result = dict(result, from_cache=not computed)
+    if progress:
+        report_run(f"zero-shot {model_name}", result["from_cache"], result.get("eval_time_s"))
+    return result
 
 
 def estimate_pretrain_prior(profile=None, model_name: str | None = None) -> torch.Tensor:
@@ -136,18 +157,18 @@ def fine_tune(profile=None, model_name: str | None = None, loss: str = "la", see
 
     Args:
         profile: a ``Profile`` or its name (None: ``$LT_PROFILE``).
-        model_name: a foundation model name, e.g. ``P.models[0]``.
+        model_name: a foundation model name, e.g. ``cfg.models[0]``.
         loss: ``"ce" | "la" | "bs" | "gla_train"`` (see ``lt.losses.make_loss``).
         seed: seeds the adapters' initialisation, the data order and the augmentation.
         peft: the PEFT method (default: the profile's, AdaptFormer).
         epochs: default: the profile's.
         pretrain_prior: the prior GLA-Train subtracts; None: GLA's estimate from the zero-shot logits.
-        progress: show progress bars.
+        progress: show progress bars, and one line saying whether the run was trained or loaded.
 
     Returns:
         On the CPU: ``dict(model, loss, seed, peft, epochs, history, trainable_state, trainable_params,
-        classnames, class_counts, data_prior, pretrain_prior, train_time_s, val=dict(logits, features, labels),
-        test=dict(...))``.
+        classnames, class_counts, data_prior, pretrain_prior, train_time_s, from_cache, val=dict(logits,
+        features, labels), test=dict(...))``; ``from_cache`` says whether it was loaded rather than trained now.
     """
     profile = resolve_profile(profile)
     if not model_name:
@@ -174,7 +195,10 @@ def fine_tune(profile=None, model_name: str | None = None, loss: str = "la", see
     run_fingerprint = dict(model=model_name, peft=peft, loss=loss, seed=int(seed), epochs=epochs,
                            data=_data_key(profile), tau=profile.tau, pretrain_prior=key["pretrain_prior"])
 
+    computed = []
+
     def compute():
+        computed.append(True)
         device = profile.device
         fm = load_foundation_model(model_name, device=device)
         splits = _load_splits(profile, fm)
@@ -206,6 +230,10 @@ def fine_tune(profile=None, model_name: str | None = None, loss: str = "la", see
     result = cached("finetune", key, compute, depends_on=modules)
     if dist_info()[1] == 0:  # only now is the result on disk: a failed save keeps the epochs to resume from
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    result = dict(result, from_cache=not computed)
+    if progress:
+        report_run(f"fine-tune {model_name}, {loss.upper()}, seed {seed}", result["from_cache"],
+                   result["train_time_s"])
     return result
 
 

@@ -202,13 +202,17 @@ def test_headline_comparison_scores_every_method_on_one_partition_per_table(tiny
 
 def test_the_one_backbone_control_uses_a_seed_block_of_its_own(tiny_lab, monkeypatch):
     profile = lt.profile("lab").replace(epochs=1, control_models=("lab-clip", "lab-clip", "lab-clip"))
-    seen = []
-    monkeypatch.setattr(lt.experiments, "fine_tune", lambda p, m, seed, **kw: seen.append(seed) or seed)
-    blocks = [set(lt.experiments.control_runs(profile, s)) for s in (0, 1, 2)]
+    monkeypatch.setattr(lt.experiments, "fine_tune",
+                        lambda p, m, seed, **kw: dict(seed=seed, from_cache=True, train_time_s=0.0))
+
+    def seeds(profile, seed):
+        return [run["seed"] for run in lt.experiments.control_runs(profile, seed)]
+
+    blocks = [set(seeds(profile, s)) for s in (0, 1, 2)]
     assert all(len(b) == 3 for b in blocks) and not (blocks[0] & blocks[1] or blocks[1] & blocks[2])
     assert not set().union(*blocks) & set(range(100))  # never a main run's seed
     lab_control = lt.profile("lab")  # three separately pre-trained members share the seed
-    assert lt.experiments.control_runs(lab_control, 2) == [2, 2, 2]
+    assert seeds(lab_control, 2) == [2, 2, 2]
 
 
 def test_glued_compares_the_prose_of_two_executed_builds(tmp_path, capsys, monkeypatch):

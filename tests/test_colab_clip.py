@@ -146,3 +146,17 @@ def test_cache_only_loads_what_is_there_and_refuses_to_compute(tmp_path, monkeyp
     with pytest.raises(lt.cache.CacheMissError, match="cache import"):
         lt.cached("demo", {"x": 2}, lambda: torch.zeros(2), depends_on=["groups"])
     assert len(list((tmp_path / "demo").glob("*.pt"))) == 1  # nothing computed, nothing written
+
+
+def test_a_run_says_whether_it_trained_or_loaded(tiny_lab, capsys):
+    profile = lt.profile("lab")
+    first = lt.fine_tune(profile, "lab-clip", seed=0, epochs=1)
+    trained = capsys.readouterr().out.strip().splitlines()[-1]
+    again = lt.fine_tune(profile, "lab-clip", seed=0, epochs=1)
+    loaded = capsys.readouterr().out.strip().splitlines()
+    assert (first["from_cache"], again["from_cache"]) == (False, True)
+    assert trained.startswith("fine-tune lab-clip, LA, seed 0: computed in ")
+    assert loaded == [f"fine-tune lab-clip, LA, seed 0: loaded from the cache ({trained.split(': ')[1]} when it "
+                      "was made)"]
+    lt.fine_tune(profile, "lab-clip", seed=0, epochs=1, progress=False)
+    assert capsys.readouterr().out == ""  # quiet when asked

@@ -20,6 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import book_tools  # noqa: E402
+from code_names import names
 
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 CHAPTERS = book_tools.toc_notebooks()
@@ -90,7 +91,7 @@ def test_no_outputs_are_committed(path):
 
 
 LAB_PHRASES = ("the lab shows", "lab numbers", "in the lab")  # sentences true of the lab profile only
-LAB_TESTS = ("P.name", "true")  # a branch on the profile, or on the true prior existing (only the lab knows it)
+LAB_TESTS = ("cfg.name", "true")  # a branch on the profile, or on the true prior existing (only the lab knows it)
 
 
 def _lab_only_texts(tree, guarded=False):
@@ -123,26 +124,11 @@ def test_the_wording_follows_the_profile(path):
 
 def test_the_lab_wording_check_catches_an_unconditional_sentence():
     bad = ast.parse('lt.show_markdown(f"""\n**What the lab\nshows.** {x}\n""")')
-    good = ast.parse('shows = "What the lab shows" if P.name == "lab" else "What this run shows"')
+    good = ast.parse('shows = "What the lab shows" if cfg.name == "lab" else "What this run shows"')
     assert [g for t, g in _lab_only_texts(bad) if "the lab shows" in t] == [False]
     assert [g for t, g in _lab_only_texts(good) if "the lab shows" in t] == [True]
 
 
-def _names(tree) -> tuple[set[str], set[str]]:
-    """(names a piece of code binds, names it reads) at any depth."""
-    bound, read = set(), set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name):
-            (bound if isinstance(node.ctx, (ast.Store, ast.Del)) else read).add(node.id)
-        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            bound.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            bound.update((a.asname or a.name).split(".")[0] for a in node.names)
-        elif isinstance(node, ast.arg):
-            bound.add(node.arg)
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            bound.add(node.name)
-    return bound, read
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -153,7 +139,7 @@ def test_prose_cells_read_only_what_the_cells_above_define(path):
         if cell["cell_type"] != "code":
             continue
         tree = ast.parse(_source(cell))
-        bound, read = _names(tree)
+        bound, read = names(tree)
         if _is_prose(cell):
             missing = read - defined - bound
             assert not missing, f"{path.name}: prose cell {i} reads {sorted(missing)}, which no cell above defines"
@@ -212,7 +198,7 @@ def test_the_setup_cell_keeps_results_on_drive_before_lt_utils_is_imported(path,
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_the_config_cell_text_mentions_the_drive_switch(path):
     cells = _cells(path)
-    config_at = next(i for i, c in enumerate(cells) if c["cell_type"] == "code" and "P = lt.profile(" in _source(c))
+    config_at = next(i for i, c in enumerate(cells) if c["cell_type"] == "code" and "cfg = lt.profile(" in _source(c))
     text = _source(cells[config_at + 1])
     assert cells[config_at + 1]["cell_type"] == "markdown" and "`KEEP_ON_DRIVE" in text and "Google Drive" in text
 

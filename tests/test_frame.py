@@ -19,6 +19,8 @@ CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 TOC = yaml.safe_load((ROOT / "_toc.yml").read_text())
 CHAPTERS = book_tools.toc_notebooks()
 SHAPED = CHAPTERS + [ROOT / "book" / "_template.ipynb"]
+# the config cell's variable: not `P`, the letter of the priors P_D, P_P in the prose
+CONFIG_VARIABLE = "cfg"
 BADGE = re.compile(r"\[!\[Open In Colab\]\((?P<image>[^)]+)\)\]\((?P<link>[^)]+)\)")
 CITE = re.compile(r"\{cite(?::\w+)?\}`([^`]+)`")
 
@@ -34,20 +36,20 @@ def _setup_cell(cells):
 
 
 def _config_cell_index(cells):
-    """Index of the visible code cell that does `import lt_utils as lt`, `P = lt.profile(...)` and shows `P`."""
+    """Index of the visible code cell that does `import lt_utils as lt`, `cfg = lt.profile(...)` and shows `cfg`."""
     for i, cell in enumerate(cells):
         if cell.cell_type != "code" or "remove-cell" in cell.metadata.get("tags", []):
             continue
         tree = ast.parse(cell.source)
         imports = any(isinstance(n, ast.Import) and any(a.name == "lt_utils" and a.asname == "lt" for a in n.names)
                       for n in tree.body)
-        assigns = any(isinstance(n, ast.Assign) and [getattr(t, "id", None) for t in n.targets] == ["P"]
+        assigns = any(isinstance(n, ast.Assign) and [getattr(t, "id", None) for t in n.targets] == [CONFIG_VARIABLE]
                       and isinstance(n.value, ast.Call) and ast.unparse(n.value.func) == "lt.profile"
                       for n in tree.body)
-        shows = bool(tree.body) and isinstance(tree.body[-1], ast.Expr) and ast.unparse(tree.body[-1]) == "P"
+        shows = bool(tree.body) and isinstance(tree.body[-1], ast.Expr) and ast.unparse(tree.body[-1]) == CONFIG_VARIABLE
         if imports and assigns and shows:
             return i
-    raise AssertionError("no config cell: `import lt_utils as lt`, `P = lt.profile()`, `P`")
+    raise AssertionError("no config cell: `import lt_utils as lt`, `cfg = lt.profile()`, `cfg`")
 
 
 # --- toc and config
