@@ -33,15 +33,9 @@ from lt_utils.losses import make_loss
 from lt_utils.models import FoundationModel, build_classifier
 from lt_utils.profiles import profile as get_profile
 from lt_utils.training import train_step
+from timing import datasheet_peak  # benchmarks/timing.py (the script's own folder is on sys.path)
 
 NUM_CLASSES = 100
-# datasheet dense fp16/bf16 tensor-core peaks (TFLOP/s, no sparsity), by a substring of the device name
-DATASHEET_TFLOPS = {"H200": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
-                    "L4": 121.0, "T4": 65.0, "V100": 125.0, "A10G": 125.0}
-
-
-def datasheet_peak(name: str) -> float | None:
-    return next((tflops for key, tflops in DATASHEET_TFLOPS.items() if key in name), None)
 
 
 def matmul_tflops(device, dtype=torch.float16, n: int = 8192, repeats: int = 20) -> float:

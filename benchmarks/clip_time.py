@@ -19,9 +19,10 @@ import argparse
 import json
 from pathlib import Path
 
+from timing import DATASHEET_TFLOPS  # benchmarks/timing.py (the script's own folder is on sys.path)
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PROFILES = ("clip-lite", "clip")
-DATASHEET_TFLOPS = {"H100": 989.0, "A100": 312.0, "T4": 65.0}  # dense fp16 tensor-core rates
 
 
 def chapter_runs(profile: str) -> list[dict]:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import pickle
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -85,10 +86,7 @@ def _write_archive(path: Path) -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         tar.add(scratch / "cifar-100-python", arcname="cifar-100-python")
-    for f in (scratch / "cifar-100-python").iterdir():
-        f.unlink()
-    (scratch / "cifar-100-python").rmdir()
-    scratch.rmdir()
+    shutil.rmtree(scratch)
     atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
 
 

@@ -34,6 +34,12 @@ def cache_entries(cache: Path) -> dict[str, set[str]]:
     return {kind: {p.stem for p in (cache / kind).glob("*.pt")} for kind in RUN_KINDS}
 
 
+def nbmake(notebook: Path, env: dict, timeout: int) -> int:
+    """Execute ``notebook`` with nbmake in ``env``; its exit status."""
+    return subprocess.call([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--nbmake",
+                            f"--nbmake-timeout={timeout}", "-q", str(notebook)], env=env, cwd=ROOT)
+
+
 def execute_cold(notebook: Path, out: Path, timeout: int, seeds: list[int], profile: str) -> tuple[int, float, dict]:
     """Run ``notebook`` with nbmake in ``profile``, in a fresh cache and data root under ``out``."""
     work = out / notebook.stem
@@ -41,8 +47,7 @@ def execute_cold(notebook: Path, out: Path, timeout: int, seeds: list[int], prof
     env = dict(os.environ, LT_PROFILE=profile, LT_CACHE_DIR=str(work / "cache"), LT_DATA_ROOT=str(work / "data"),
                LT_STANDIN_ROOT=str(out / "internet"), LT_STANDIN_SEEDS=",".join(map(str, seeds)))
     start = time.perf_counter()
-    rc = subprocess.call([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--nbmake",
-                          f"--nbmake-timeout={timeout}", "-q", str(notebook)], env=env, cwd=ROOT)
+    rc = nbmake(notebook, env, timeout)
     return rc, time.perf_counter() - start, cache_entries(work / "cache")
 
 
@@ -60,8 +65,7 @@ def replay_from_archive(notebook: Path, out: Path, timeout: int, seeds: list[int
     rc = rc or subprocess.call(cli + ["import", str(archive)], env=env, cwd=ROOT)
     env = dict(env, LT_CACHE_ONLY="1", LT_PROFILE=profile, LT_DATA_ROOT=str(replay / "data"),
                LT_STANDIN_ROOT=str(out / "internet"), LT_STANDIN_SEEDS=",".join(map(str, seeds)))
-    return rc or subprocess.call([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--nbmake",
-                                  f"--nbmake-timeout={timeout}", "-q", str(notebook)], env=env, cwd=ROOT)
+    return rc or nbmake(notebook, env, timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
