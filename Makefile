@@ -32,13 +32,15 @@ export PYTHONHASHSEED := 0
 # else does (so torch is not reinstalled on every run).
 STAMP := $(VENV)/.lt-install-$(firstword $(shell cksum < pyproject.toml))
 
-.PHONY: help install book test unit execute execute-standin html sync-colab jupyter clean clean-cache
+.PHONY: help install book test unit execute execute-standin html check-html lab-checkpoints sync-colab jupyter clean clean-cache
 
 help:
 	@echo "make book        execute every chapter (lab profile) and build the HTML book into $(HTML)"
 	@echo "make test        unit tests, then every chapter of the toc executed by nbmake"
 	@echo "make html        build the HTML from the already executed chapters (no execution)"
+	@echo "make check-html  open every page of the built HTML in headless Chromium, offline (screenshots too)"
 	@echo "make jupyter     open the chapters in JupyterLab (same environment)"
+	@echo "make lab-checkpoints  re-make the shipped pre-trained lab models after changing their code"
 	@echo "make sync-colab  point the Colab badges at repository.url of _config.yml"
 	@echo "make clean       remove _build;  make clean-cache  remove the results cache .lt_cache"
 
@@ -84,6 +86,18 @@ html: $(STAMP)
 	rm -rf $(HTML)
 	$(VENV)/bin/jupyter-book build $(EXECUTED) --path-output . --all $(JB_FLAGS)
 	@echo "The book: file://$(CURDIR)/$(HTML)/index.html"
+
+# Every page of the built book in headless Chromium (Debian's package, installed by the script when missing),
+# with no network, at 1280 px: fails on error outputs, broken images or links, untypeset math, raw roles, sideways
+# scrolling or JavaScript errors. Screenshots of every page go to _build/screenshots.
+check-html: $(STAMP)
+	$(PY) scripts/check_html.py --html $(HTML) --screenshots _build/screenshots
+
+# The pre-trained lab models shipped in lt_utils/lab_checkpoints: pre-train all five with the current code (a few
+# minutes) and replace the old files; commit the folder. tests/test_lab_checkpoints.py fails until this is run after
+# an edit to the pre-training code (lab.PRETRAIN_MODULES) or recipe.
+lab-checkpoints: $(STAMP)
+	$(PY) -c "from lt_utils import lab; print(*lab.write_shipped_checkpoints(), sep='\n')"
 
 sync-colab: $(STAMP)
 	$(PY) scripts/book_tools.py sync-colab

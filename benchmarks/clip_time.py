@@ -1,4 +1,4 @@
-"""How long each chapter takes in the clip and clip-lite profiles: runs counted, minutes measured or estimated.
+"""How long each chapter takes: runs counted and minutes measured or estimated (clip, clip-lite), and the lab times.
 
 Runs per chapter: every chapter executed cold in the stand-in clip profile (``scripts/cold_book.py``) gives the
 fine-tunes and zero-shots a chapter computes when opened first on a fresh runtime, and those it adds when the
@@ -11,17 +11,22 @@ Minutes per run were measured end to end on an H100 (``benchmarks/results/clip_r
 the GPU's), i.e. assuming the same fraction of peak as measured on the H100 (12% in training; RESULTS.md).
 
     python benchmarks/clip_time.py             # the README's table
-    python benchmarks/clip_time.py --abstracts # the sentence of each chapter's abstract
+    python benchmarks/clip_time.py --abstracts # the Time line of each chapter's abstract (lab part measured)
+    python benchmarks/clip_time.py --write-abstracts   # ... written into the chapters' first cells
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import textwrap
 from pathlib import Path
 
 from timing import DATASHEET_TFLOPS  # benchmarks/timing.py (the script's own folder is on sys.path)
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parent.parent
 PROFILES = ("clip-lite", "clip")
 
 
@@ -61,6 +66,27 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def _lab_minutes(seconds: float) -> str:
+    return "under 1 min" if seconds < 60 else f"about {round(seconds / 30) / 2:g} min"
+
+
+def lab_sentence(chapter: str) -> str:
+    """The lab part of a chapter's "Time" line, measured on 2 CPU cores with an empty cache: in book order
+    (``benchmarks/results/book_cold.json``, from ``bench_book.py``) and opened first
+    (``benchmarks/results/lab_opened_first.json``, from ``scripts/cold_book.py --profile lab``)."""
+    in_order = next(r["seconds"] for r in json.loads((RESULTS / "book_cold.json").read_text())["notebooks"]
+                    if r["notebook"] == f"{chapter}.ipynb")
+    first = next(r["seconds"] for r in json.loads((RESULTS / "lab_opened_first.json").read_text())
+                 if r["chapter"] == chapter)
+    return (f"lab: {_lab_minutes(in_order)} on 2 CPU cores in book order, {_lab_minutes(first)} opened first "
+            "(measured: `benchmarks/bench_book.py`, `scripts/cold_book.py --profile lab`)")
+
+
+def time_line(chapter: str) -> str:
+    """A chapter's whole "Time" line, as its abstract states it."""
+    return f"**Time.** {lab_sentence(chapter)}; {abstract_sentence(chapter)}."
+
+
 def abstract_sentence(chapter: str) -> str:
     """The GPU part of a chapter's "Time" line (estimated minutes opened cold)."""
     parts = []
@@ -71,13 +97,32 @@ def abstract_sentence(chapter: str) -> str:
     return "; ".join(parts) + " when opened cold (estimated: `benchmarks/clip_time.py`)"
 
 
+def write_time_line(notebook: Path, line: str) -> None:
+    """Replace the "**Time.**" paragraph of the notebook's first cell by ``line`` (wrapped), atomically."""
+    nb = json.loads(notebook.read_text(encoding="utf-8"))
+    cell = nb["cells"][0]
+    text = "".join(cell["source"])
+    new = re.sub(r"\*\*Time\.\*\*.*?(?=\n\n|\Z)", lambda _: textwrap.fill(line, 118), text, flags=re.S)
+    if new == text and line not in text:
+        raise ValueError(f"{notebook.name}: no '**Time.**' paragraph in its first cell")
+    cell["source"] = new.splitlines(True)
+    tmp = notebook.with_suffix(".ipynb.tmp")
+    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, notebook)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--abstracts", action="store_true", help="print each chapter's abstract sentence")
+    parser.add_argument("--abstracts", action="store_true", help="print each chapter's Time line")
+    parser.add_argument("--write-abstracts", action="store_true",
+                        help="write each chapter's Time line into its abstract (the first cell)")
     args = parser.parse_args()
     if args.abstracts:
         for counts in chapter_runs("clip-lite"):
-            print(f"{counts['chapter']}: {abstract_sentence(counts['chapter'])}")
+            print(f"{counts['chapter']}: {time_line(counts['chapter'])}")
+    elif args.write_abstracts:
+        for counts in chapter_runs("clip-lite"):
+            write_time_line(ROOT / "book" / f"{counts['chapter']}.ipynb", time_line(counts["chapter"]))
     else:
         print(table())
 

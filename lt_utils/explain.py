@@ -10,8 +10,10 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .augment import preprocessing
 from .models import Classifier
+from .phases import phase
 
 
+@phase("Grad-CAM and FLOPs")
 def grad_cam(classifier: Classifier, images: torch.Tensor, targets=None, transform=None) -> torch.Tensor:
     """Grad-CAM maps (N x g x g in [0, 1]) of a ViT ``classifier`` on the patch tokens that enter its last block.
 
@@ -71,6 +73,7 @@ _CPU_SDPA = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu
 _EXTRA_FLOP_FORMULAS = {_CPU_SDPA: _cpu_attention_flops} if _CPU_SDPA is not None else {}
 
 
+@phase("Grad-CAM and FLOPs")
 def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     """FLOPs of one forward pass of ``model`` on ``x`` (a multiply-add counts 2).
 
@@ -96,6 +99,7 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+@phase("Grad-CAM and FLOPs")
 def inference_cost(models, images: torch.Tensor, transform=None, repeats: int = 10) -> list[dict]:
     """Per model: wall-clock milliseconds and counted FLOPs per image of one forward pass on ``images``.
 

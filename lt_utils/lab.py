@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +30,12 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from tqdm.auto import tqdm
 
-from .cache import cached
+from .cache import cache_key, cached
 from .data import InMemoryDataset, long_tail_counts, register_dataset
 from .groups import rank_groups, tercile_sizes
-from .models import FoundationModel, read_safetensors, register_foundation_model, register_model_family
+from .models import (FoundationModel, read_safetensors, register_foundation_model, register_model_family,
+                     write_safetensors)
+from .phases import phase
 from .profiles import get_device, hide_progress
 
 IMAGE_SIZE = 24
@@ -419,6 +423,7 @@ def _balanced_labels(per_class: int) -> torch.Tensor:
     return torch.arange(NUM_CLASSES).repeat_interleave(per_class)
 
 
+@phase("world generation")
 def _split_tensors(seed: int, split: str, imbalance_ratio: float | None = None) -> dict:
     """Labels and images of one downstream split (class-sorted labels; the loaders shuffle)."""
     if split == "train":
@@ -483,6 +488,7 @@ def _shift_flip(images: torch.Tensor, max_shift: int, gen: torch.Generator) -> t
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+@phase("pre-training")
 def _train_model(model_name: str, seed: int, config: dict, device=None, progress: bool = True) -> dict:
     torch.set_flush_denormal(True)
     device = get_device(device)
@@ -536,12 +542,75 @@ def pretrain(model_name: str, seed: int = 0, device=None, progress: bool = True)
     learned class embeddings ``E`` play the role of CLIP's text features. Returns ``dict(state_dict,
     class_embeddings [100, D] (L2-normalised), classnames, logit_scale, ...)``; the state dict loads into
     ``build_vit()``.
+
+    A checkpoint shipped with the package (``shipped_checkpoint``) is loaded instead of training when it was made
+    by this very code and recipe; ``LT_NO_CACHE=1`` trains regardless.
     """
     _check_model(model_name)
-    key = dict(model=model_name, seed=int(seed), vit=dict(LAB_VIT), config=dict(PRETRAIN_CONFIG))
-    return cached("lab_pretrain", key,
+    shipped = shipped_checkpoint(model_name, seed)
+    if shipped.is_file() and not os.environ.get("LT_NO_CACHE"):
+        loaded = _read_shipped(shipped, model_name, seed)
+        if loaded is not None:
+            return loaded
+    return cached("lab_pretrain", _pretrain_key(model_name, seed),
                   lambda: _train_model(model_name, seed, dict(PRETRAIN_CONFIG), device, progress),
                   depends_on=PRETRAIN_MODULES)
+
+
+# Pre-trained lab models ship with the package (`make lab-checkpoints` writes them, a test retrains one and compares
+# it bit for bit): a cold book skips five pre-trainings. A file's name carries the digest of the cache key of the run
+# that made it (model, seed, architecture, recipe and the source of PRETRAIN_MODULES), so an edit to that code or
+# recipe leaves the file unused (and the test says to remake it) rather than serving weights the code no longer makes.
+SHIPPED_DIR = Path(__file__).resolve().parent / "lab_checkpoints"
+SHIPPED_SEEDS = (0,)  # the book pre-trains each lab model once, with seed 0
+
+
+def _pretrain_key(model_name: str, seed: int) -> dict:
+    return dict(model=model_name, seed=int(seed), vit=dict(LAB_VIT), config=dict(PRETRAIN_CONFIG))
+
+
+def shipped_checkpoint(model_name: str, seed: int = 0) -> Path:
+    """Where the shipped checkpoint of ``pretrain(model_name, seed)`` made by the current code lies (it may not
+    exist: other seeds, a changed recipe, or code edited since `make lab-checkpoints`)."""
+    digest = cache_key(_pretrain_key(model_name, seed), PRETRAIN_MODULES)
+    return SHIPPED_DIR / f"{model_name}-seed{int(seed)}-{digest}.safetensors"
+
+
+_SHIPPED_TENSOR = "class_embeddings"  # the one tensor beside the ViT's state dict (whose keys have no such name)
+
+
+@phase("pre-training (shipped checkpoint)")
+def _read_shipped(path: Path, model_name: str, seed: int) -> Optional[dict]:
+    """``pretrain``'s result from a shipped file, or None (with a warning; the model is then trained) when the file
+    cannot be read or was made for another model."""
+    try:
+        tensors, meta = read_safetensors(path)
+        if meta.get("kind") != "lab-pretrain" or meta.get("model") != model_name or meta.get("seed") != seed:
+            raise ValueError(f"it holds {meta.get('kind')} {meta.get('model')} seed {meta.get('seed')}")
+        class_embeddings = tensors.pop(_SHIPPED_TENSOR)
+    except (RuntimeError, ValueError, KeyError) as err:
+        warnings.warn(f"Shipped checkpoint {path.name} is unusable ({err}); pre-training {model_name} instead. "
+                      "`make lab-checkpoints` rewrites the shipped files.")
+        return None
+    return dict(meta["result"], state_dict=tensors, class_embeddings=class_embeddings)
+
+
+def write_shipped_checkpoints(models=LAB_MODELS, seeds=SHIPPED_SEEDS, progress: bool = True) -> list[Path]:
+    """Pre-train ``models`` x ``seeds`` with the current code (training, never the cache or an old file), write each
+    to ``shipped_checkpoint`` atomically, then delete the shipped files of these models that the current code no
+    longer loads (made by older code). ``make lab-checkpoints`` runs it; commit the folder afterwards."""
+    written = []
+    for model_name in models:
+        for seed in seeds:
+            out = _train_model(model_name, seed, dict(PRETRAIN_CONFIG), None, progress)
+            result = {k: v for k, v in out.items() if k not in ("state_dict", _SHIPPED_TENSOR)}
+            tensors = dict(out["state_dict"], **{_SHIPPED_TENSOR: out[_SHIPPED_TENSOR]})
+            meta = dict(kind="lab-pretrain", model=model_name, seed=int(seed), result=result)
+            written.append(write_safetensors(tensors, shipped_checkpoint(model_name, seed), meta))
+    for path in SHIPPED_DIR.glob("*.safetensors"):
+        if path not in written and path.name.split("-seed")[0] in models:
+            path.unlink()
+    return written
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .augment import preprocessing
 from .checks import check_finite
 from .groups import GROUP_NAMES
+from .phases import phase
 from .profiles import hide_progress
 
 
@@ -55,6 +56,7 @@ def _views_mean(model, x, with_features: bool):
     return logits, features
 
 
+@phase("evaluation")
 def predict(model: torch.nn.Module, dataset, device=None, batch_size: int = 256, transform=None,
             progress: bool = True, with_features: bool = True, amp: bool | None = None,
             num_workers: int = 0) -> dict:
@@ -242,6 +244,7 @@ def _sample_ids(ids, count: int, name: str, what: str) -> torch.Tensor:
     return ids.long().cpu()
 
 
+@phase("kNN")
 def knn_predict(bank_feats, bank_labels, query_feats, k: int = 200, t: float = 0.1,
                 num_classes: int | None = None, chunk: int = 1024, *, bank_ids=None,
                 query_ids=None) -> torch.Tensor:

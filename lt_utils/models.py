@@ -438,7 +438,9 @@ def build_classifier(foundation_model: FoundationModel, classnames: Sequence[str
 _CHECKED_META = ("foundation_model", "arch", "peft", "peft_config", "head", "num_classes", "feature_dim")
 
 
-def _atomic_save_safetensors(tensors: dict, path: Path, meta: dict) -> Path:
+def write_safetensors(tensors: dict, path: Path, meta: dict) -> Path:
+    """Write ``tensors`` and our JSON metadata ``meta`` to a safetensors file atomically (``read_safetensors``
+    reads both back)."""
     try:
         text = json.dumps(meta)
     except TypeError as err:
@@ -455,7 +457,7 @@ def save_checkpoint(path: Union[str, os.PathLike], module: nn.Module, meta: Opti
         raise ValueError("The module has no trainable parameters: nothing to save.")
     info = dict(kind="checkpoint", meta={**getattr(module, "meta", {}), **(meta or {})},
                 params={n: list(p.shape) for n, p in tensors.items()})
-    return _atomic_save_safetensors(tensors, Path(path), info)
+    return write_safetensors(tensors, Path(path), info)
 
 
 def _describe(meta: dict) -> str:
@@ -524,4 +526,4 @@ def save_foundation_model(path: Union[str, os.PathLike], model: FoundationModel)
             raise RuntimeError("The text tower was dropped; reload the model before saving it.")
         tensors.update(model.text_model.state_dict())
         meta = dict(kind="open_clip", name=model.name, arch=model.arch)
-    return _atomic_save_safetensors(tensors, path, meta)
+    return write_safetensors(tensors, path, meta)

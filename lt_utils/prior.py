@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
+from .phases import phase
+
 
 def _check_logits_labels(logits, labels) -> tuple[torch.Tensor, torch.Tensor]:
     logits = torch.as_tensor(logits).detach()
@@ -84,6 +86,7 @@ def calibrate_temperature(logits, labels, lo: float = 0.1, hi: float = 10.0, tol
     return float(math.exp(log_mid))
 
 
+@phase("prior estimate")
 def estimate_prior(logits, labels, calibrate: bool = True, steps: int = 1000, lr: float = 0.1, tol: float = 1e-6,
                    return_temperature: bool = False, device=None):
     """GLA's estimate of the pre-training label prior P^_P from zero-shot logits on a balanced labelled set.

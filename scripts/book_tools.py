@@ -24,7 +24,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK_DIR = "book"
-BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+# The badge is our own image in the book (book/images), so a page read offline shows it; relative to book/.
+BADGE_IMAGE = "images/colab-badge.svg"
+_BADGE_IMAGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]")
 _BADGE_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^)\s\"'>]+")
 _INSTALL_SPEC = re.compile(r"lt_utils @ git\+https://github\.com/[^\"'\s]+")
 
@@ -191,8 +193,8 @@ def glued_values(dest: Path, root: Path | None = None) -> dict[str, str]:
 
 
 def sync_colab(root: Path = ROOT, check: bool = False) -> list[Path]:
-    """Point every notebook's Colab badge at the repository and branch of _config.yml, and its setup-cell install
-    line at the repository and release. Returns the notebooks that were (``check=True``: would be) changed."""
+    """Point every notebook's Colab badge at the repository and release of _config.yml (with the book's own badge
+    image), and its setup-cell install line at the repository and release. Returns the notebooks that were (``check=True``: would be) changed."""
     config = load_config(root)
     spec = install_spec(config)
     changed = []
@@ -201,7 +203,9 @@ def sync_colab(root: Path = ROOT, check: bool = False) -> list[Path]:
         link = colab_link(path.relative_to(root), config)
         dirty = False
         for cell in nb.cells:
-            new = _BADGE_LINK.sub(link, cell.source) if cell.cell_type == "markdown" else cell.source
+            new = cell.source
+            if cell.cell_type == "markdown":
+                new = _BADGE_IMAGE.sub(f"[![Open In Colab]({BADGE_IMAGE})]", _BADGE_LINK.sub(link, new))
             if cell.cell_type == "code":
                 new = _INSTALL_SPEC.sub(spec, new)
             if new != cell.source:

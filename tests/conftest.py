@@ -92,11 +92,14 @@ class CachedTrace:
         elif event == "return" and self._stack and frame is self._stack[-1][0]:
             self._stack.pop()
 
+    # modules whose code runs inside a computation without shaping its value: ``cache`` stores and loads values (it
+    # computes none; a change of its file format bumps ``CACHE_VERSION``), ``phases`` only times (test_phases.py)
+    NEUTRAL = {"cache", "phases"}
+
     def undeclared(self) -> dict:
-        """kind -> modules that ran but are not declared. ``cache`` stores and loads values (it computes none;
-        a change of its file format bumps ``CACHE_VERSION``)."""
-        return {r["kind"]: sorted(r["executed"] - r["declared"] - {"cache"}) for r in self.records
-                if r["declared"] is not None and r["executed"] - r["declared"] - {"cache"}}
+        """kind -> modules that ran but are not declared (``NEUTRAL`` aside)."""
+        return {r["kind"]: sorted(r["executed"] - r["declared"] - self.NEUTRAL) for r in self.records
+                if r["declared"] is not None and r["executed"] - r["declared"] - self.NEUTRAL}
 
     def __enter__(self):
         sys.setprofile(self._profile)

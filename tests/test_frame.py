@@ -257,6 +257,22 @@ def test_sync_colab_rewrites_badges_and_install_lines(tmp_path):
     assert book_tools.sync_colab(root, check=True) == []
 
 
+def test_sync_colab_points_an_old_badge_at_the_books_own_image(tmp_path):
+    root = _mini_book(tmp_path)
+    template = nbformat.read(ROOT / "book" / "_template.ipynb", as_version=4)
+    template.cells[0].source = template.cells[0].source.replace(
+        book_tools.BADGE_IMAGE, "https://colab.research.google.com/assets/colab-badge.svg")
+    nbformat.write(template, root / "book" / "c.ipynb")
+    book_tools.sync_colab(root)
+    assert f"[![Open In Colab]({book_tools.BADGE_IMAGE})](" in _cells(root / "book" / "c.ipynb")[0].source
+
+
+def test_the_badge_image_is_in_the_book_and_is_an_svg():
+    """The badge is served by the book itself (a page read offline shows it, `make check-html` loads it)."""
+    image = ROOT / "book" / book_tools.BADGE_IMAGE
+    assert image.is_file() and image.read_text().lstrip().startswith("<svg")
+
+
 def test_repository_url_must_be_github():
     with pytest.raises(ValueError, match="repository.url"):
         book_tools.repository({"repository": {"url": "https://example.org/x"}})
