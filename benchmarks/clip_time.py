@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import textwrap
 from pathlib import Path
 
 from timing import DATASHEET_TFLOPS  # benchmarks/timing.py (the script's own folder is on sys.path)
+
+from lt_utils.cache import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = RESULTS.parent.parent
@@ -102,13 +103,11 @@ def write_time_line(notebook: Path, line: str) -> None:
     nb = json.loads(notebook.read_text(encoding="utf-8"))
     cell = nb["cells"][0]
     text = "".join(cell["source"])
-    new = re.sub(r"\*\*Time\.\*\*.*?(?=\n\n|\Z)", lambda _: textwrap.fill(line, 118), text, flags=re.S)
-    if new == text and line not in text:
+    new, found = re.subn(r"\*\*Time\.\*\*.*?(?=\n\n|\Z)", lambda _: textwrap.fill(line, 118), text, flags=re.S)
+    if not found:
         raise ValueError(f"{notebook.name}: no '**Time.**' paragraph in its first cell")
     cell["source"] = new.splitlines(True)
-    tmp = notebook.with_suffix(".ipynb.tmp")
-    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, notebook)
+    atomic_write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", notebook)
 
 
 def main() -> None:

@@ -161,3 +161,19 @@ def test_a_run_says_whether_it_trained_or_loaded(tiny_lab, capsys):
                       "was made)"]
     lt.fine_tune(profile, "lab-clip", seed=0, epochs=1, progress=False)
     assert capsys.readouterr().out == ""  # quiet when asked
+
+
+def test_write_time_line_replaces_the_paragraph_once_and_refuses_a_cell_without_one(tmp_path):
+    clip_time = _clip_time()
+    notebook = tmp_path / "c.ipynb"
+    cell = {"cell_type": "markdown", "metadata": {}, "source": ["# T\n", "\n", "**Time.** old.\n", "\n", "Next."]}
+    notebook.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 4}))
+    line = "**Time.** lab: " + "word " * 40 + "end."
+    for _ in range(2):  # a second write changes nothing
+        clip_time.write_time_line(notebook, line)
+        text = "".join(json.loads(notebook.read_text())["cells"][0]["source"])
+        assert " ".join(text.split()) == f"# T {' '.join(line.split())} Next."
+    cell["source"] = ["# T\n", "no time here"]
+    notebook.write_text(json.dumps({"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 4}))
+    with pytest.raises(ValueError, match="no '\\*\\*Time"):
+        clip_time.write_time_line(notebook, line)
