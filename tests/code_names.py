@@ -1,5 +1,19 @@
-"""What a piece of notebook code binds and reads (shared by the tests that check chapter cells)."""
+"""Notebook cells for the tests that check chapters: a notebook's cells, a cell's source, and what a piece of
+notebook code binds and reads."""
 import ast
+import json
+from pathlib import Path
+
+
+def cells(path: Path) -> list[dict]:
+    """The cells of a notebook file, as JSON (nothing is executed)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))["cells"]
+
+
+def source(cell) -> str:
+    """A cell's source as one string (nbformat stores a list of lines or a string)."""
+    text = cell["source"]
+    return text if isinstance(text, str) else "".join(text)
 
 
 def names(tree) -> tuple[set[str], set[str]]:

@@ -7,7 +7,6 @@ Markdown they output; Colab collapses them to their ``#@title`` (``cellView: for
 that every chapter, opened in a fresh runtime, reuses the runs of the chapters before it."""
 import ast
 import builtins
-import json
 import os
 import subprocess
 import sys
@@ -20,20 +19,14 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import book_tools  # noqa: E402
+from code_names import cells as _cells
 from code_names import names
+from code_names import source as _source
 
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 CHAPTERS = book_tools.toc_notebooks()
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))  # the toc's and the template
 WIDTH = 88  # the longest source line of a prose cell or the setup cell
-
-
-def _cells(path):
-    return json.loads(path.read_text())["cells"]
-
-
-def _source(cell) -> str:
-    return "".join(cell["source"])
 
 
 def _is_prose(cell) -> bool:

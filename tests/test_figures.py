@@ -9,7 +9,6 @@ syntax and no MyST role: the notebooks are also read raw on Colab).
 
 Pure parsing (json + ast + re): nothing is executed, so this runs in well under a second."""
 import ast
-import json
 import re
 import sys
 from pathlib import Path
@@ -19,20 +18,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 import book_tools  # noqa: E402
+from code_names import cells as _cells  # noqa: E402
+from code_names import source as _source  # noqa: E402
 
 NOTEBOOKS = book_tools.toc_notebooks()
 FIGURE_CALL = re.compile(r"\bplt\.(?:subplots|figure)\(")
 CAPTION = re.compile(r"\*\*Figure (?P<label>[0-9]+|[A-Z])\.(?P<number>[0-9]+)\.\*\*")
 REFERENCE = re.compile(r"\bFigure\s+(?P<label>[0-9]+|[A-Z])\.(?P<number>[0-9]+)\b")
-
-
-def _source(cell) -> str:
-    source = cell["source"]
-    return source if isinstance(source, str) else "".join(source)
-
-
-def _cells(path: Path) -> list[dict]:
-    return json.loads(path.read_text(encoding="utf-8"))["cells"]
 
 
 def chapter_label(path: Path) -> str:

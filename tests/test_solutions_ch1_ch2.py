@@ -17,7 +17,6 @@ import builtins
 import contextlib
 import importlib.util
 import io
-import json
 import math
 import re
 import types
@@ -29,6 +28,7 @@ import pytest
 import torch
 
 import lt_utils as lt
+from code_names import cells as _cells
 from code_names import names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,10 +169,6 @@ def test_the_estimate_on_a_long_tailed_subset_is_the_prior_over_the_frequencies(
 
 
 # --- the starter cells and the Exercises lists
-
-
-def _cells(path: Path) -> list[dict]:
-    return json.loads(path.read_text(encoding="utf-8"))["cells"]
 
 
 def _exercises_at(cells) -> int:

@@ -18,7 +18,6 @@ import contextlib
 import importlib
 import inspect
 import io
-import json
 import re
 import sys
 import types
@@ -32,7 +31,8 @@ import scipy.stats
 import torch
 
 import lt_utils as lt
-from code_names import names
+from code_names import cells, names
+from code_names import source as _source
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
@@ -45,11 +45,7 @@ MESSAGE = re.compile(r"^Exercise (\d+): ")
 
 
 def _cells(chapter: int) -> list[dict]:
-    return json.loads((BOOK / f"{CHAPTERS[chapter]}.ipynb").read_text(encoding="utf-8"))["cells"]
-
-
-def _source(cell) -> str:
-    return "".join(cell["source"])
+    return cells(BOOK / f"{CHAPTERS[chapter]}.ipynb")
 
 
 def _exercises_at(cells) -> int:
