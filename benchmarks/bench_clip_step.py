@@ -15,6 +15,10 @@ flip), batch 128, mixed precision. It reports, per setting:
 Needs a CUDA GPU (and runs a tiny CPU smoke version without one, to check the script itself):
 
     python benchmarks/bench_clip_step.py [--steps 30] [--json results.json]
+
+The paper's datasets: ``--num-classes 1000 --source-size 256`` (ImageNet-LT: AdaptFormer r = 32, images decoded
+once to 256 x 256 by ``lt_utils.decoded``), ``--num-classes 365`` (Places-LT, r = 8), ``--num-classes 8142``
+(iNaturalist 2018, r = 256).
 """
 from __future__ import annotations
 
@@ -51,10 +55,10 @@ def matmul_tflops(device, dtype=torch.float16, n: int = 8192, repeats: int = 20)
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def make_classifier(arch: str, device) -> torch.nn.Module:
+def make_classifier(arch: str, device, num_classes: int = NUM_CLASSES) -> torch.nn.Module:
     torch.manual_seed(0)
     fm = FoundationModel.from_open_clip(open_clip.create_model(arch), name="bench", arch=arch)
-    return build_classifier(fm, [f"class {i}" for i in range(NUM_CLASSES)], peft="adaptformer",
+    return build_classifier(fm, [f"class {i}" for i in range(num_classes)], peft="adaptformer",
                             copy=False).to(device)
 
 
@@ -131,7 +135,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time the step of torch.compile(model)")
     parser.add_argument("--fp16-frozen", action="store_true",
                         help="also time the step with the frozen backbone stored in fp16 (no per-step casts)")
+    parser.add_argument("--num-classes", type=int, default=NUM_CLASSES,
+                        help="classes of the head (AdaptFormer's bottleneck follows: 100 -> 4, 1000 -> 32)")
+    parser.add_argument("--source-size", type=int, default=32,
+                        help="stored image size (CIFAR 32; the paper's datasets decoded once: 256)")
     args = parser.parse_args()
+    num_classes = args.num_classes
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     if cuda:
@@ -139,16 +148,21 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
     arch = args.arch if cuda else "ViT-S-32"  # CPU: a smoke run of the script, not a measurement
     n_train = sum(long_tail_counts(NUM_CLASSES, 500, 100))  # CIFAR-100-LT IR 100: 10,847 images
+    if not cuda or args.source_size > 64:
+        n_train = 1024 if cuda else 16  # random batches of a resident set: its size does not change a step's cost
     g = torch.Generator().manual_seed(0)
-    data = InMemoryDataset(torch.randint(0, 256, (n_train, 3, 32, 32), dtype=torch.uint8, generator=g),
-                           torch.arange(n_train) % NUM_CLASSES, [f"class {i}" for i in range(NUM_CLASSES)]).to(device)
-    model = make_classifier(arch, device)
+    size = args.source_size if cuda else 32
+    data = InMemoryDataset(torch.randint(0, 256, (n_train, 3, size, size), dtype=torch.uint8, generator=g),
+                           torch.arange(n_train) % num_classes, [f"class {i}" for i in range(num_classes)]).to(device)
+    model = make_classifier(arch, device, num_classes)
     train_augment = preprocessing(model, train=True, native_size=False)
     test_augment = preprocessing(model, train=False, native_size=False)
-    loss_fn = make_loss("la", torch.bincount(data.targets.cpu(), minlength=NUM_CLASSES).float())
+    counts = torch.bincount(data.targets.cpu(), minlength=num_classes).float().clamp_min(1)
+    loss_fn = make_loss("la", counts / counts.sum())
     settings = [(128, 128), (128, 64)] if cuda else [(4, 4)]  # 64: the clip profile's micro-batch (fits a T4)
     result = dict(device=torch.cuda.get_device_name(device) if cuda else "cpu (smoke run)", arch=arch,
-                  torch=torch.__version__, n_train=n_train,
+                  torch=torch.__version__, n_train=n_train, num_classes=num_classes, source_size=size,
+                  trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
                   train=[measure(model, data, train_augment, loss_fn, b, m, args.steps, device) for b, m in settings],
                   inference=measure_inference(model, data, test_augment, 256 if cuda else 2, args.steps, device))
     if cuda and args.compile:  # same FLOPs as eager; only the time differs
@@ -164,6 +178,7 @@ def main() -> None:
     if cuda:
         result["matmul_fp16_tflops"] = matmul_tflops(device)
         result["datasheet_tflops"] = datasheet_peak(result["device"])
+    if cuda and num_classes == NUM_CLASSES and size == 32:  # the clip profile's run
         clip = get_profile("clip")
         best = max(result["train"], key=lambda r: r["images_per_s"])
         eval_images = 2000 + 8000  # val + test

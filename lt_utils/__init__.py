@@ -5,8 +5,8 @@ Distribution* (Chen et al., ICML 2025).
 Everything else stays reachable through its module, e.g. ``lt.training.train`` or ``lt.augment.TensorAugment``.
 The modules form layers whose imports only go down; DESIGN.md draws them and is tested.
 """
-from . import (augment, backdoor, cache, data, distributed, experiments, explain, groups, lab, losses, metrics,
-               models, peft, plots, prior, profiles, runs, standin, training)
+from . import (augment, backdoor, cache, data, decoded, distributed, experiments, explain, groups, lab, losses,
+               metrics, models, paper, peft, plots, prior, profiles, runs, standin, training)
 from .backdoor import backdoor_adjust
 from .cache import cached
 from .data import balanced_subset, load_dataset
@@ -32,6 +32,8 @@ __all__ = [
     "load_dataset", "balanced_subset", "GROUP_NAMES", "data_groups", "prior_groups",
     # the lab world (a module: lt.lab.make_world, lt.lab.upstream_priors)
     "lab",
+    # the paper's datasets at full scale (a module: lt.paper.results_table, for the results page)
+    "paper",
     # models
     "register_foundation_model",
     # losses, the prior, metrics, fusion

@@ -5,10 +5,13 @@
     python -m lt_utils estimate-prior --profile lab --model lab-clip --out prior.json
     python -m lt_utils cache export results.zip        # a teacher, after running the chapters (on a GPU)
     python -m lt_utils cache import results.zip        # each student, before opening the chapters
+    python -m lt_utils paper --dataset imagenet_lt --out runs/imagenet_lt   # the paper's tables, one command
 
 Stage 1 fine-tunes one foundation model and writes a run folder; stage 2 combines several run folders by
 backdoor adjustment, without a forward pass. Multi-GPU: ``torchrun --nproc_per_node=N -m lt_utils train ...``.
 ``cache export`` / ``cache import`` carry the results cache in one checked zip archive: one GPU run serves a class.
+``paper`` runs the paper's experiments on ImageNet-LT, Places-LT or iNaturalist 2018 (``lt_utils.paper``), also
+under ``torchrun --nproc_per_node=N -m lt_utils paper ...``.
 """
 from __future__ import annotations
 
@@ -32,9 +35,10 @@ from .losses import LOSS_NAMES
 from .checks import check_finite
 from .metrics import accuracy, accuracy_report
 from .models import build_classifier, load_foundation_model, save_checkpoint
+from .paper import RESULT_FILES, run_paper
 from .peft import PEFT_METHODS
 from .prior import rank_correlation
-from .profiles import PROFILE_NAMES
+from .profiles import PAPER_EPOCHS, PROFILE_NAMES, paper_profile
 from .profiles import profile as get_profile
 from .runs import estimate_pretrain_prior, fine_tune, zero_shot
 
@@ -136,6 +140,36 @@ def build_parser() -> argparse.ArgumentParser:
                     "is left alone and reported, unless --overwrite.")
     q.add_argument("file", type=Path, metavar="FILE", help="archive written by `cache export`")
     q.add_argument("--overwrite", action="store_true", help="replace cached results that differ from the archive's")
+    p = commands.add_parser(
+        "paper", help="the paper's experiments on ImageNet-LT, Places-LT or iNaturalist 2018, one results file",
+        description="Run the paper's pipeline on one of its datasets: zero-shot and GLA's prior estimate per model, "
+                    "then per seed CE / LA / GLA-Train / LA + post-hoc on CLIP, LA on CLIP, OpenCLIP and MetaCLIP "
+                    "and their backdoor adjustment, the best single model, the same-backbone control and the kNN "
+                    f"probe; write OUT/{RESULT_FILES['json']} and OUT/{RESULT_FILES['csv']}. Every run is cached: "
+                    "a second call (or one after a crash) trains only what is missing.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  python -m lt_utils paper --dataset imagenet_lt --data-root /data --out runs/imagenet_lt\n"
+               "  torchrun --nproc_per_node=8 -m lt_utils paper --dataset inat2018 --seeds 0 1 2 --out runs/inat\n"
+               "Data layout and GPU hours: README, section 'Reproduce the paper's tables'.")
+    p.add_argument("--dataset", required=True, choices=tuple(PAPER_EPOCHS), help="the paper's dataset")
+    p.add_argument("--out", required=True, type=Path, metavar="OUT", help="results folder to write")
+    p.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                   help="the folder with the images and split files (default: $LT_DATA_ROOT, else ~/data)")
+    p.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="where runs are cached and resumed (default: $LT_CACHE_DIR, else OUT/cache)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="fine-tuning seeds (default: 0)")
+    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                   help="the ensemble's foundation models (default: clip openclip metaclip); the first one also "
+                        "gets CE, GLA-Train and the post-hoc method")
+    p.add_argument("--control-models", nargs="+", default=None, metavar="MODEL",
+                   help="the same-backbone control's members (default: clip clip clip)")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"epochs (default: the paper's, {', '.join(f'{d} {e}' for d, e in PAPER_EPOCHS.items())})")
+    p.add_argument("--micro-batch-size", type=_positive_int, default=None,
+                   help="split the batch of 128 into micro-batches of this size (same update, less memory)")
+    p.add_argument("--tte", action="store_true", help="LIFT's five-crop test-time ensembling in evaluation")
+    p.add_argument("--device", default=None, help="cuda (default when present) or cpu")
     for sub in (*commands.choices.values(), *actions.choices.values()):
         sub.set_defaults(subparser=sub)  # bad input: print this command's usage, not the top-level one
     return parser
@@ -340,6 +374,37 @@ def cmd_cache(args) -> None:
           f"({', '.join(parts)})")
 
 
+def cmd_paper(args) -> None:
+    _check_out(args.out, folder=True)
+    if args.cache is not None or not os.environ.get("LT_CACHE_DIR"):
+        os.environ["LT_CACHE_DIR"] = str((args.cache or args.out / "cache").expanduser().resolve())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist_info(True)  # under torchrun: join the group before any run
+    try:
+        profile = paper_profile(args.dataset, device=args.device)
+    except RuntimeError as err:  # CUDA asked for and absent
+        raise ValueError(str(err)) from err
+    changes = dict(data_root=str(args.data_root.expanduser()) if args.data_root else profile.data_root,
+                   tte=args.tte or profile.tte)
+    for field, value in (("models", args.models), ("control_models", args.control_models)):
+        if value is not None:
+            changes[field] = tuple(value)
+    if args.epochs is not None:
+        changes["epochs"] = args.epochs
+    if args.micro_batch_size is not None:
+        changes["micro_batch_size"] = args.micro_batch_size
+    results = run_paper(profile.replace(**changes), args.out, seeds=args.seeds)
+    if dist_info()[1] != 0:
+        return
+    width = max(len(row["method"]) for row in results["summary"])
+    print(f"{results['dataset']}: {len(results['seeds'])} seed(s), test accuracy (mean over seeds), "
+          "D-groups, P-groups")
+    for row in results["summary"]:
+        groups = [row[f"{p}-{g}"] for p in "DP" for g in ("Many", "Medium", "Few")]
+        print(f"  {row['method']:<{width}}  {row['overall']:6.2f}  D {_fmt(groups[:3])}  P {_fmt(groups[3:])}")
+    print(f"wrote {args.out / RESULT_FILES['json']} and {args.out / RESULT_FILES['csv']}")
+
+
 def _resolve_profile(name):
     try:
         return get_profile(name)
@@ -347,7 +412,8 @@ def _resolve_profile(name):
         raise ValueError(str(err)) from err
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "estimate-prior": cmd_estimate_prior, "cache": cmd_cache}
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "estimate-prior": cmd_estimate_prior, "cache": cmd_cache,
+            "paper": cmd_paper}
 
 
 def main(argv=None) -> int:

@@ -51,6 +51,23 @@ def _interpolation_matrix(start, length, flip, size, out_size, device) -> torch.
     return weight / weight.sum(dim=2, keepdim=True).clamp_(min=1e-12)
 
 
+def _check_shard(shard, rows: int) -> tuple[int, int, int]:
+    """``shard = (rank, world_size, batch_size)`` as ints, checked to describe ``rows`` images: the ``rank``-th of
+    ``world_size`` strided shards of a batch of ``batch_size``, padded or not."""
+    try:
+        rank, world_size, total = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise ValueError(f"shard must be (rank, world_size, batch_size), got {shard!r}.") from None
+    if not 0 <= rank < world_size or total < 1:
+        raise ValueError(f"shard=(rank, world_size, batch_size) needs 0 <= rank < world_size and batch_size >= 1, "
+                         f"got {shard!r}.")
+    if not len(range(rank, total, world_size)) <= rows <= -(-total // world_size):
+        raise ValueError(f"shard {shard!r} holds the rows {rank}, {rank} + {world_size}, ... of a batch of {total} "
+                         f"({len(range(rank, total, world_size))}, or {-(-total // world_size)} with the padding), "
+                         f"but {rows} images were given: pass this rank's rows of the global batch.")
+    return rank, world_size, total
+
+
 class TensorAugment:
     """Batched augmentation on uint8 image batches (B x 3 x H x W), on whatever device the batch lives.
 
@@ -66,6 +83,13 @@ class TensorAugment:
     interpolation matrices: no per-sample Python loop, tensor cores on the GPU. The result equals torchvision's
     bilinear ``Resize`` (antialiased when shrinking) of the same box. Call with ``generator=`` (on the batch's
     device, as ``lt.train`` does) for reproducible crops.
+
+    ``shard=(rank, world_size, batch_size)``: ``images`` are the rows ``rank, rank + world_size, ...`` of a global
+    batch of ``batch_size`` images (``DistributedSampler``'s split, as ``lt.train`` shards a batch under torchrun).
+    The crops and flips are drawn for the whole global batch, then those rows kept: every rank calling with one
+    generator state gets the draws one process would give those images, whatever the number of processes. Rows past
+    ``batch_size`` (the padding that makes the last batch divisible by ``world_size``) reuse the draws of the first
+    rows. ``shard=(0, 1, len(images))`` is the same as no shard.
     """
 
     def __init__(self, out_size: int, mean=CLIP_MEAN, std=CLIP_STD, train: bool = True, scale=(0.08, 1.0),
@@ -95,11 +119,13 @@ class TensorAugment:
                 else f"test, resize={self.test_resize}, crops={self.crops}")
         return f"TensorAugment({self.out_size}, {mode})"
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                 shard: tuple[int, int, int] | None = None) -> torch.Tensor:
         single = images.dim() == 3  # one image, e.g. as an InMemoryDataset transform
         x = images.unsqueeze(0) if single else images
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"TensorAugment expects B x 3 x H x W (or 3 x H x W), got shape {tuple(images.shape)}.")
+        shard = None if shard is None else _check_shard(shard, x.shape[0])
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         elif x.is_floating_point():
@@ -114,7 +140,13 @@ class TensorAugment:
         x = (x - mean) / std
         rand_device = generator.device if generator is not None else x.device
         if self.train:
-            out = self._resample(x, *self._random_boxes(batch, height, width, generator, rand_device))
+            if shard is None:
+                boxes = self._random_boxes(batch, height, width, generator, rand_device)
+            else:  # the global batch's draws, then this shard's rows of them
+                rank, world_size, total = shard
+                rows = (rank + world_size * torch.arange(batch, device=rand_device)) % total
+                boxes = [b[rows] for b in self._random_boxes(total, height, width, generator, rand_device)]
+            out = self._resample(x, *boxes)
             return out[0] if single else out
         no_flip = torch.zeros(batch, dtype=torch.bool, device=rand_device)
         views = [self._resample(x, *self._test_boxes(batch, height, width, rand_device, where), no_flip)

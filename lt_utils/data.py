@@ -1,23 +1,31 @@
-"""Data: long-tailed datasets (CIFAR-100-LT, ImageNet-LT, Places-LT; the lab world registers itself), balanced
-subsets, and loaders that batch in-memory data on its device so that data loading is never the bottleneck.
+"""Data: long-tailed datasets (CIFAR-100-LT, ImageNet-LT, Places-LT, iNaturalist 2018; the lab world registers
+itself), balanced subsets, and loaders that batch in-memory data on its device so that data loading is never the
+bottleneck.
 
 Two kinds of dataset, one interface (``.targets``, ``.classnames``, ``.class_counts``, ``.group_counts`` (the
-counts that define the D-groups), ``len``, ``ds[i] -> (image, label)``):
-- ``InMemoryDataset`` (CIFAR, lab): every image in one uint8 tensor ``.images`` (N x 3 x H x W), and ``.ids``, the
-  samples' ids in their source (disjoint across splits). Batches are cut by index, on the GPU if the tensor lives
-  there, and augmented there by ``TensorAugment``.
-- ``ImageListDataset`` (ImageNet-LT, Places-LT): a split file of "relative/path label" lines over an image
-  folder, decoded with PIL per image and transformed with ``lt_utils.augment.torchvision_transforms`` in
-  DataLoader workers.
+counts that define the D-groups), ``.ids`` (the samples' ids in their source: disjoint across splits), ``len``,
+``ds[i] -> (image, label)``):
+- ``InMemoryDataset`` (CIFAR, lab, and image lists decoded once by ``lt_utils.decoded``): every image in one
+  uint8 tensor ``.images`` (N x 3 x H x W). Batches are cut by index, on the GPU if the tensor lives there, and
+  augmented there by ``TensorAugment``.
+- ``ImageListDataset`` (ImageNet-LT, Places-LT, iNaturalist 2018): a split file of "relative/path label" lines
+  over an image folder, decoded with PIL per image and transformed with ``lt_utils.augment.torchvision_transforms``
+  in DataLoader workers. Its ``ids`` hash the relative paths, so two splits that list the same file share an id.
+
+Every dataset has three disjoint splits, train, a balanced val and a balanced test (val chooses, test only
+scores). Where the source has no separate val, val is held out of its test images by a fixed draw
+(``held_out_rows``, seed 0, independent of the training seed): 20 per class of CIFAR-100's test file, and one
+per class of iNaturalist 2018's official val (3 per class), whose other 2 per class are the test split.
 
 Datasets are found by name in a registry (``register_dataset``): this module registers CIFAR-100-LT,
-ImageNet-LT and Places-LT; ``lt_utils.lab`` registers the lab world, so this module knows nothing of the lab.
-CIFAR-100's pickled files are read by a restricted unpickler (no global beyond NumPy's array rebuilders): a
-folder from elsewhere cannot run code.
+ImageNet-LT, Places-LT and iNaturalist 2018; ``lt_utils.lab`` registers the lab world, so this module knows nothing
+of the lab. CIFAR-100's pickled files are read by a restricted unpickler (no global beyond NumPy's array
+rebuilders): a folder from elsewhere cannot run code; iNaturalist's class names are plain JSON.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import pickle
@@ -26,7 +34,7 @@ import tarfile
 import urllib.request
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Sequence
 
 import numpy as np
@@ -39,7 +47,7 @@ from .cache import atomic_write
 from .groups import data_groups
 from .profiles import default_data_root, hide_progress
 
-DATASET_NAMES = ("cifar100_lt", "imagenet_lt", "places_lt", "lab")
+DATASET_NAMES = ("cifar100_lt", "imagenet_lt", "places_lt", "inat2018", "lab")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,20 +175,43 @@ class ImageListDataset(torch.utils.data.Dataset):
     ``ds[i]`` is ``(image, label)``: the PIL RGB image (or ``transform(image)``) and an int. ``paths`` holds the
     absolute paths; ``targets``, ``classnames``, ``class_counts`` as for every dataset here; ``group_counts``
     (the counts that define the D-groups) defaults to ``class_counts``.
+
+    ``rows`` (optional): the indices of the split file's entries to keep, e.g. iNaturalist's val and test, two
+    disjoint parts of one file; None keeps them all. ``line_numbers``: each image's line in ``split_file`` (for
+    error messages). ``ids``: one int64 per image, the first 8 bytes of the SHA-1 of its relative path (as listed,
+    normalised as a POSIX path) masked to 63 bits: stable across processes and machines, and the same file listed
+    by two splits gets the same id, so ``lt.knn_predict(bank_ids=, query_ids=)`` catches the overlap. ``name``
+    (optional): what the data is, e.g. ``"inat2018_test"`` (names ``lt_utils.decoded``'s cache folder).
     """
 
     def __init__(self, root, split_file, classnames: Sequence[str], transform: Callable | None = None, *,
-                 group_counts=None):
+                 group_counts=None, rows=None, name: str | None = None):
         self.root, self.split_file = Path(root).expanduser(), Path(split_file)
-        self.classnames, self.transform = list(classnames), transform
-        rel_paths, labels = read_split_file(self.split_file, len(self.classnames))
+        self.classnames, self.transform, self.name = list(classnames), transform, name
+        rel_paths, labels, line_numbers = _read_split_lines(self.split_file, len(self.classnames))
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+            if len(rows) == 0 or rows.min() < 0 or rows.max() >= len(rel_paths):
+                raise ValueError(f"rows must index the {len(rel_paths)} entries of {self.split_file.name} "
+                                 "(at least one).")
+            rel_paths = [rel_paths[r] for r in rows]
+            labels = [labels[r] for r in rows]
+            line_numbers = [line_numbers[r] for r in rows]
         paths = [self.root / p for p in rel_paths]
         if not paths[0].is_file():  # one cheap check catches a wrong root before training starts
             raise FileNotFoundError(f"{self.split_file.name} lists {paths[0].relative_to(self.root)} but "
                                     f"{paths[0]} does not exist: root= must be the folder that holds the images "
                                     "(the split paths are relative to it).")
-        self.paths = paths
+        self.paths, self.line_numbers = paths, line_numbers
         self.targets = torch.tensor(labels, dtype=torch.long)
+        self.ids = path_ids(rel_paths)
+        if len(torch.unique(self.ids)) != len(self.ids):
+            seen: dict[int, int] = {}
+            for line, i in zip(line_numbers, self.ids.tolist()):
+                if i in seen:
+                    raise ValueError(f"{self.split_file}: lines {seen[i]} and {line} list the same image; a split "
+                                     "lists each image once (remove the duplicate line).")
+                seen[i] = line
         self.class_counts = torch.bincount(self.targets, minlength=len(self.classnames))
         self.group_counts = self.class_counts if group_counts is None else _check_group_counts(
             group_counts, len(self.classnames))
@@ -203,9 +234,27 @@ class ImageListDataset(torch.utils.data.Dataset):
         return f"ImageListDataset({len(self)} images from {self.split_file.name}, {self.num_classes} classes)"
 
 
+def path_ids(rel_paths: Sequence[str]) -> torch.Tensor:
+    """Sample ids of image files: the first 8 bytes of the SHA-1 of each relative path (normalised as a POSIX
+    path: ``./a//b.jpg`` is ``a/b.jpg``), masked to 63 bits (a non-negative int64). Equal paths, equal ids."""
+    mask = (1 << 63) - 1
+
+    def normal(p: str) -> str:  # the slow path only where something could change (437k paths for iNat)
+        return PurePosixPath(p).as_posix() if p.startswith("./") or "/./" in p or "//" in p else p
+
+    ids = [int.from_bytes(hashlib.sha1(normal(p).encode()).digest()[:8], "big") & mask for p in rel_paths]
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def read_split_file(split_file: Path, num_classes: int) -> tuple[list[str], list[int]]:
     """The ``relative/path label`` lines of an OLTR split file: (relative paths, labels), checked."""
-    paths, labels = [], []
+    paths, labels, _ = _read_split_lines(split_file, num_classes)
+    return paths, labels
+
+
+def _read_split_lines(split_file: Path, num_classes: int, hint: str = "") -> tuple[list[str], list[int], list[int]]:
+    """``read_split_file`` plus each entry's line number; ``hint`` ends the message of a label out of range."""
+    paths, labels, line_numbers = [], [], []
     with open(split_file) as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
@@ -215,12 +264,13 @@ def read_split_file(split_file: Path, num_classes: int) -> tuple[list[str], list
                 raise ValueError(f"{split_file}:{line_no}: expected 'relative/path label', got {line!r}.")
             label = int(parts[1])
             if not 0 <= label < num_classes:
-                raise ValueError(f"{split_file}:{line_no}: label {label} is outside [0, {num_classes}).")
+                raise ValueError(f"{split_file}:{line_no}: label {label} is outside [0, {num_classes}).{hint}")
             paths.append(parts[0])
             labels.append(label)
+            line_numbers.append(line_no)
     if not paths:
         raise ValueError(f"{split_file} lists no images.")
-    return paths, labels
+    return paths, labels, line_numbers
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -229,22 +279,24 @@ def read_split_file(split_file: Path, num_classes: int) -> tuple[list[str], list
 @dataclass(frozen=True)
 class DatasetSpec:
     """How to load one registered dataset: ``loader(root, split, imbalance_ratio, transform, download, seed)``,
-    its ``splits``, whether ``imbalance_ratio`` applies, and the lt_utils ``modules`` whose code makes it (part
-    of the cache keys of every result computed on it)."""
+    its ``splits``, whether ``imbalance_ratio`` applies, the lt_utils ``modules`` whose code makes it (part
+    of the cache keys of every result computed on it), and whether ``download=True`` can fetch it."""
     loader: Callable
     splits: tuple
     variable_ratio: bool
     modules: tuple
+    downloadable: bool = False
 
 
 _DATASETS: dict[str, DatasetSpec] = {}
 
 
 def register_dataset(name: str, loader: Callable, splits: Sequence[str], *, variable_ratio: bool = False,
-                     modules: Sequence[str] = ("data",)) -> None:
+                     modules: Sequence[str] = ("data",), downloadable: bool = False) -> None:
     """Make ``load_dataset(name, ...)`` call ``loader(root, split, imbalance_ratio, transform, download, seed)``.
-    ``modules``: the lt_utils modules whose code makes the data (e.g. ``lt.lab.WORLD_MODULES``)."""
-    _DATASETS[name] = DatasetSpec(loader, tuple(splits), variable_ratio, tuple(modules))
+    ``modules``: the lt_utils modules whose code makes the data (e.g. ``lt.lab.WORLD_MODULES``);
+    ``downloadable``: ``download=True`` fetches it when missing (CIFAR-100; not the licensed image sets)."""
+    _DATASETS[name] = DatasetSpec(loader, tuple(splits), variable_ratio, tuple(modules), downloadable)
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -264,26 +316,32 @@ def load_dataset(name: str, root=None, split: str = "train", imbalance_ratio: fl
     """One split of a long-tailed dataset. Used by chapters 1, 2 and 4.
 
     Args:
-        name: ``"cifar100_lt"``, ``"imagenet_lt"``, ``"places_lt"`` or ``"lab"`` (the generated world
-            ``lt.lab.make_world(seed, imbalance_ratio)``), each with the splits ``train``, ``val``, ``test``
-            (CIFAR-100's val is a fixed balanced fifth of its test file: see ``cifar100_val_rows``).
+        name: ``"cifar100_lt"``, ``"imagenet_lt"``, ``"places_lt"``, ``"inat2018"`` or ``"lab"`` (the generated
+            world ``lt.lab.make_world(seed, imbalance_ratio)``), each with the splits ``train``, ``val``, ``test``
+            (CIFAR-100's val is a fixed balanced fifth of its test file: see ``cifar100_val_rows``; iNaturalist
+            2018's val is one image per class of its official val, a fixed draw, and its test the other two per
+            class: see ``held_out_rows``).
         root: the data folder; None means ``$LT_DATA_ROOT`` or ``~/data``. CIFAR-100 is read from
             ``root/cifar-100-python/``; ImageNet-LT / Places-LT from the OLTR split files
             (``ImageNet_LT_train.txt``, ...) in ``root`` or ``root/ImageNet_LT`` (``root/Places_LT``) over the
-            image folder ``root``.
+            image folder ``root``; iNaturalist 2018 from ``iNaturalist18_train.txt`` / ``iNaturalist18_val.txt``
+            and the un-obfuscated ``categories.json`` in ``root`` or ``root/iNaturalist18``, over ``root``
+            (which holds ``train_val2018/``).
         split: which split.
         imbalance_ratio: CIFAR-100-LT and the lab: train keeps ``long_tail_counts(100, 500, imbalance_ratio)``
             images per class (CIFAR: the first n_i of a per-class shuffle seeded ``seed``, 0 = the peers'
             selection). The D-groups stay those of IR 100 (``ds.group_counts``).
         transform: applied per image (``ds[i]``).
-        download: fetch CIFAR-100 when missing (ImageNet and Places365 need a licence: never downloaded).
+        download: fetch CIFAR-100 when missing (ImageNet and Places365 need a licence, iNaturalist is 120 GB:
+            never downloaded).
         seed: CIFAR-100-LT's selection shuffle; the lab world's seed.
 
     Returns:
         A dataset with ``.targets``, ``.classnames``, ``.class_counts``, ``.group_counts`` (the counts that
         define its D-groups: ``lt.data_groups(ds.class_counts, reference=ds.group_counts)``), ``len`` and
         ``ds[i] -> (image, label)``: an ``InMemoryDataset`` (uint8 N x 3 x H x W ``.images`` and sample
-        ``.ids``; CIFAR, lab) or an ``ImageListDataset`` (PIL images; ImageNet-LT, Places-LT).
+        ``.ids``; CIFAR, lab) or an ``ImageListDataset`` (PIL images; ImageNet-LT, Places-LT, iNaturalist 2018;
+        ``.ids`` hash the relative paths; ``lt_utils.decoded.decoded_dataset`` turns it into the former).
     """
     spec = dataset_spec(name)
     if split not in spec.splits:
@@ -361,14 +419,31 @@ def read_cifar100(folder: Path, file: str):
 
 
 def cifar100_val_rows(test_labels, num_classes: int = 100, per_class: int = CIFAR100_VAL_PER_CLASS) -> np.ndarray:
-    """Rows of CIFAR-100's test file held out as the val split, sorted: the first ``per_class`` of each class after
-    a per-class shuffle by ``np.random.RandomState(0)`` (a fixed constant, independent of the training seed)."""
+    """Rows of CIFAR-100's test file held out as the val split, sorted: ``held_out_rows`` with the fixed seed 0
+    (independent of the training seed)."""
     counts = np.bincount(np.asarray(test_labels), minlength=num_classes)
     if counts.min() <= per_class:
         c = int(counts.argmin())
         raise ValueError(f"The val split holds out {per_class} images per class of CIFAR-100's test file, but it has "
                          f"only {counts[c]} of class {c} (the real file has 100 per class): use the real files.")
-    return np.sort(lift_selection(test_labels, [per_class] * num_classes, _CIFAR100_VAL_SEED))
+    return held_out_rows(test_labels, per_class, _CIFAR100_VAL_SEED, num_classes)
+
+
+def held_out_rows(labels, per_class: int, seed: int, num_classes: int | None = None) -> np.ndarray:
+    """Rows of a balanced file held out as a val split, sorted: the first ``per_class`` of each class after a
+    per-class shuffle by ``np.random.RandomState(seed)`` (``lift_selection``; the same in any process). The
+    loaders pass a fixed seed, independent of the training seed, so the val / test cut never moves. Every class
+    must keep at least one row for the test split."""
+    labels = np.asarray(labels)
+    num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+    if isinstance(per_class, bool) or int(per_class) != per_class or per_class < 1:
+        raise ValueError(f"per_class must be a positive integer, got {per_class!r}.")
+    counts = np.bincount(labels, minlength=num_classes)
+    if counts.min() <= per_class:
+        c = int(counts.argmin())
+        raise ValueError(f"Holding out {per_class} images per class as val leaves no test image of class {c} (it has "
+                         f"{counts[c]}): every class needs more than {per_class} in the file val is held out of.")
+    return np.sort(lift_selection(labels, [int(per_class)] * num_classes, seed))
 
 
 def lift_selection(targets, counts: Sequence[int], seed: int = 0) -> np.ndarray:
@@ -524,6 +599,12 @@ wheat_field wind_farm windmill yard youth_hostel zen_garden
 """.split()
 
 
+def places365_folders() -> list[str]:
+    """The 365 Places category folders in label order, as the release names them (``"apartment_building-outdoor"``
+    is the folder ``apartment_building/outdoor`` of ``data_256/a/``)."""
+    return list(_PLACES365_FOLDERS)
+
+
 def places365_classnames() -> list[str]:
     """The 365 Places classes, readable: ``"apartment_building-outdoor"`` -> ``"apartment building outdoor"``."""
     return [f.replace("_", " ").replace("-", " ") for f in _PLACES365_FOLDERS]
@@ -538,6 +619,22 @@ _SPLIT_FILES = {  # dataset -> (file prefix, sub-folder the OLTR/LIFT releases u
     "imagenet_lt": ("ImageNet_LT", "ImageNet_LT", imagenet_classnames),
     "places_lt": ("Places_LT", "Places_LT", places365_classnames),
 }
+_OLTR_SOURCES = ("LIFT (https://github.com/shijxcs/LIFT/tree/main/datasets/{sub}) or from the OLTR release "
+                 "(https://github.com/zhmiao/OpenLongTailRecognition-OLTR, README 'Data Preparation')")
+
+
+def _find_split_file(root: Path, prefix: str, sub: str, split: str, sources: str) -> Path:
+    """``root/<prefix>_<split>.txt`` or ``root/<sub>/<prefix>_<split>.txt``; FileNotFoundError saying where to
+    get it otherwise (``sources``)."""
+    fname = f"{prefix}_{split}.txt"
+    candidates = [root / fname, root / sub / fname]
+    split_file = next((p for p in candidates if p.is_file()), None)
+    if split_file is None:
+        raise FileNotFoundError(
+            f"{fname} was not found (looked for {' and '.join(map(str, candidates))}). The {prefix} split files "
+            f"(several MB) are not shipped with lt_utils: copy them from {sources.format(sub=sub)} into "
+            f"{root / sub}, with root= the folder that holds the images.")
+    return split_file
 
 
 def _load_image_list(name: str, root: Path, split: str, imbalance_ratio, transform, download: bool,
@@ -546,27 +643,88 @@ def _load_image_list(name: str, root: Path, split: str, imbalance_ratio, transfo
         raise ValueError(f"{name} cannot be downloaded automatically (ImageNet and Places365 need a licence "
                          "agreement); download the images by hand and pass root=, with download=False.")
     prefix, sub, classnames = _SPLIT_FILES[name]
-    fname = f"{prefix}_{split}.txt"
-    candidates = [root / fname, root / sub / fname]
-    split_file = next((p for p in candidates if p.is_file()), None)
-    if split_file is None:
-        raise FileNotFoundError(
-            f"{fname} was not found (looked for {' and '.join(map(str, candidates))}). The {prefix} split files "
-            f"(several MB) are not shipped with lt_utils: copy them from LIFT "
-            f"(https://github.com/shijxcs/LIFT/tree/main/datasets/{sub}) or from the OLTR release "
-            f"(https://github.com/zhmiao/OpenLongTailRecognition-OLTR, README 'Data Preparation') into {root / sub}, "
-            "with root= the folder that holds the images.")
+    split_file = _find_split_file(root, prefix, sub, split, _OLTR_SOURCES)
     names = classnames()
     group_counts = None  # train: its own counts define the D-groups; val / test: the train split's
     train_file = split_file.with_name(f"{prefix}_train.txt")
     if split != "train" and train_file.is_file():
         group_counts = torch.bincount(torch.tensor(read_split_file(train_file, len(names))[1]), minlength=len(names))
-    return ImageListDataset(root, split_file, names, transform, group_counts=group_counts)
+    return ImageListDataset(root, split_file, names, transform, group_counts=group_counts, name=f"{name}_{split}")
 
 
-register_dataset("cifar100_lt", _load_cifar100_lt, splits=("train", "val", "test"), variable_ratio=True)
+# iNaturalist 2018 in the layout of the decoupling / BBN / LIFT code: iNaturalist18_{train,val}.txt
+INAT2018_SOURCE = "https://github.com/visipedia/inat_comp/tree/master/2018"
+_INAT2018_SPLIT_SOURCES = ("the decoupling release (https://github.com/facebookresearch/classifier-balancing, "
+                           "data/iNaturalist18/), which LIFT uses")
+INAT2018_VAL_PER_CLASS = 1  # val: 1 image per class held out of the official val (3 per class); test: the other 2
+_INAT2018_VAL_SEED = 0      # fixed: the val / test cut never moves with the training seed
+
+
+def inat2018_classnames(folder) -> list[str]:
+    """The iNaturalist 2018 species in label order, from the un-obfuscated ``categories.json`` of the release in
+    ``folder`` (a JSON list of objects with "id" and "name"): label i is the entry whose id is i.
+
+    LIFT relabels the classes by sorted name; the classes and their counts are the same, only their order
+    differs (here the split files' labels are the category ids, as written)."""
+    path = Path(folder) / "categories.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} was not found: iNaturalist 2018's class names come from the un-obfuscated categories.json of "
+            f"the 2018 release ({INAT2018_SOURCE}, 'Un-obfuscated names'; LIFT ships the same file in "
+            f"datasets/iNaturalist18/). Put categories.json in {path.parent}, next to iNaturalist18_train.txt.")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): download the un-obfuscated categories.json again from "
+                         f"{INAT2018_SOURCE}.") from err
+    well_formed = isinstance(entries, list) and all(
+        isinstance(e, dict) and isinstance(e.get("id"), int) and not isinstance(e["id"], bool)
+        and isinstance(e.get("name"), str) for e in entries)
+    if not well_formed or not entries:
+        raise ValueError(f"{path} must be a JSON list of objects with an integer \"id\" and a string \"name\" (the "
+                         f"un-obfuscated categories.json of {INAT2018_SOURCE}).")
+    by_id = {e["id"]: e["name"] for e in entries}
+    if sorted(by_id) != list(range(len(entries))):
+        missing = sorted(set(range(len(entries))) - set(by_id))[:5]
+        raise ValueError(f"{path}: the category ids must be exactly 0..{len(entries) - 1} (one entry each), got "
+                         f"{len(by_id)} distinct ids from {min(by_id)} to {max(by_id)}"
+                         + (f", missing {missing}" if missing else "") + f". Use the un-obfuscated categories.json "
+                         f"of iNaturalist 2018 ({INAT2018_SOURCE}), not another year's.")
+    return [by_id[i] for i in range(len(entries))]
+
+
+def _load_inat2018(root: Path, split: str, imbalance_ratio, transform, download: bool, seed) -> ImageListDataset:
+    """iNaturalist 2018 (8,142 classes, 437,513 train images). It has no separate val: the official val (24,426
+    images, 3 per class) gives our val, one image per class held out by a fixed draw (``held_out_rows`` seeded 0,
+    independent of ``seed``), and our test, its other 2 per class (16,284 images). The D-groups of every split
+    are those of the train split's counts. ``seed`` is unused (the splits are fixed files)."""
+    if download:
+        raise ValueError("inat2018 cannot be downloaded automatically (about 120 GB); download train_val2018 from "
+                         f"{INAT2018_SOURCE} by hand and pass root=, with download=False.")
+    official = "train" if split == "train" else "val"
+    sub, prefix = "iNaturalist18", "iNaturalist18"
+    split_file = _find_split_file(root, prefix, sub, official, _INAT2018_SPLIT_SOURCES)
+    names = inat2018_classnames(split_file.parent)
+    hint = (f" {split_file.parent / 'categories.json'} lists {len(names)} classes: the split files and "
+            "categories.json must come from the same release (iNaturalist 2018 has 8,142).")
+    if split == "train":
+        _read_split_lines(split_file, len(names), hint)  # checks the labels, with the hint
+        return ImageListDataset(root, split_file, names, transform, name=f"inat2018_{split}")
+    train_file = _find_split_file(root, prefix, sub, "train", _INAT2018_SPLIT_SOURCES)
+    group_counts = torch.bincount(torch.tensor(_read_split_lines(train_file, len(names), hint)[1]),
+                                  minlength=len(names))
+    labels = _read_split_lines(split_file, len(names), hint)[1]
+    val_rows = held_out_rows(labels, INAT2018_VAL_PER_CLASS, _INAT2018_VAL_SEED, len(names))
+    rows = val_rows if split == "val" else np.setdiff1d(np.arange(len(labels)), val_rows)
+    return ImageListDataset(root, split_file, names, transform, group_counts=group_counts, rows=rows,
+                            name=f"inat2018_{split}")
+
+
+register_dataset("cifar100_lt", _load_cifar100_lt, splits=("train", "val", "test"), variable_ratio=True,
+                 downloadable=True)
 for _name in _SPLIT_FILES:
     register_dataset(_name, partial(_load_image_list, _name), splits=("train", "val", "test"))
+register_dataset("inat2018", _load_inat2018, splits=("train", "val", "test"))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -35,32 +35,16 @@ def headline_comparison(profile=None, seeds=None) -> pd.DataFrame:
     """
     profile = resolve_profile(profile)
     seeds = profile.seeds if seeds is None else tuple(seeds)
-    main = profile.models[0]
     est_prior = {m: estimate_pretrain_prior(profile, m) for m in dict.fromkeys(profile.models + profile.control_models)}
     priors = {"estimated": est_prior}
     if profile.dataset == "lab":
         priors["true"] = upstream_priors()
     rows, runs = [], []
     for seed in seeds:
-        la = {m: fine_tune(profile, m, loss="la", seed=seed, progress=False) for m in profile.models}
-        ce = fine_tune(profile, main, loss="ce", seed=seed, progress=False)
-        gla = fine_tune(profile, main, loss="gla_train", seed=seed, pretrain_prior=est_prior[main], progress=False)
-        control = _control_runs(profile, seed, "la")
-        runs += [*la.values(), ce, gla, *control]
-        best = max(profile.models, key=lambda m: accuracy(la[m]["val"]["logits"], la[m]["val"]["labels"]))
-        methods = {  # name -> (test logits, the models whose prior defines the per-method P-groups)
-            f"zero-shot ({main})": (zero_shot(profile, main, progress=False)["test"]["logits"], [main]),
-            f"CE ({main})": (ce["test"]["logits"], [main]),
-            f"LA ({main})": (la[main]["test"]["logits"], [main]),
-            f"GLA-Train ({main})": (gla["test"]["logits"], [main]),
-            f"LA + post-hoc ({main})": (la[main]["test"]["logits"] - est_prior[main].clamp_min(1e-12).log(), [main]),
-            "LA, best single (by val)": (la[best]["test"]["logits"], [best]),
-            "same backbone x3": (backdoor_adjust([r["test"]["logits"] for r in control]), list(profile.control_models)),
-            "backdoor x3": (backdoor_adjust([la[m]["test"]["logits"] for m in profile.models]), list(profile.models)),
-        }
-        labels = la[main]["test"]["labels"]
-        d_groups = data_groups(la[main]["class_counts"], reference=la[main]["group_counts"])
-        for method, (logits, members) in methods.items():
+        comparison = seed_comparison(profile, seed, est_prior)
+        runs += comparison["runs"]
+        labels, d_groups = comparison["labels"], comparison["d_groups"]
+        for method, (logits, members) in comparison["methods"].items():
             for source, prior in priors.items():
                 # the table's one partition, then the method's own members' (a sensitivity check)
                 for label, models in ((source, profile.models), (f"{source} (per method)", members)):
@@ -69,6 +53,43 @@ def headline_comparison(profile=None, seeds=None) -> pd.DataFrame:
                     rows.append(report_row(report, seed=seed, method=method, **{"P-groups from": label}))
     report_runs(f"headline comparison, seeds {list(seeds)}", runs)
     return pd.DataFrame(rows)
+
+
+def seed_comparison(profile, seed: int, est_prior: dict) -> dict:
+    """The methods of one fine-tuning seed of the headline comparison, from cached runs (missing ones are trained).
+
+    Shared by ``headline_comparison`` (chapter 5, the results page) and ``lt_utils.paper`` (the paper's datasets).
+
+    Args:
+        profile: a ``Profile``.
+        seed: the fine-tuning seed.
+        est_prior: model name -> GLA's estimated pre-training prior (GLA-Train and the post-hoc method use the
+            first model's).
+
+    Returns:
+        ``dict(methods={name: (test logits, the models whose prior defines the per-method P-groups)}, labels,
+        d_groups, runs, la, ce)``: ``runs`` every ``fine_tune`` result used, ``la`` the LA run per model and
+        ``ce`` the first model's CE run.
+    """
+    main = profile.models[0]
+    la = {m: fine_tune(profile, m, loss="la", seed=seed, progress=False) for m in profile.models}
+    ce = fine_tune(profile, main, loss="ce", seed=seed, progress=False)
+    gla = fine_tune(profile, main, loss="gla_train", seed=seed, pretrain_prior=est_prior[main], progress=False)
+    control = _control_runs(profile, seed, "la")
+    best = max(profile.models, key=lambda m: accuracy(la[m]["val"]["logits"], la[m]["val"]["labels"]))
+    methods = {  # name -> (test logits, the models whose prior defines the per-method P-groups)
+        f"zero-shot ({main})": (zero_shot(profile, main, progress=False)["test"]["logits"], [main]),
+        f"CE ({main})": (ce["test"]["logits"], [main]),
+        f"LA ({main})": (la[main]["test"]["logits"], [main]),
+        f"GLA-Train ({main})": (gla["test"]["logits"], [main]),
+        f"LA + post-hoc ({main})": (la[main]["test"]["logits"] - est_prior[main].clamp_min(1e-12).log(), [main]),
+        "LA, best single (by val)": (la[best]["test"]["logits"], [best]),
+        "same backbone x3": (backdoor_adjust([r["test"]["logits"] for r in control]), list(profile.control_models)),
+        "backdoor x3": (backdoor_adjust([la[m]["test"]["logits"] for m in profile.models]), list(profile.models)),
+    }
+    d_groups = data_groups(la[main]["class_counts"], reference=la[main]["group_counts"])
+    return dict(methods=methods, labels=la[main]["test"]["labels"], d_groups=d_groups,
+                runs=[*la.values(), ce, gla, *control], la=la, ce=ce)
 
 
 def report_runs(what: str, runs: list[dict]) -> None:

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PROFILE_NAMES = ("lab", "clip", "clip-lite")
+PROFILE_NAMES = ("lab", "clip", "clip-lite", "imagenet_lt", "places_lt", "inat2018")
+# The paper's own datasets at full scale (profile name = dataset name): LIFT's recipe, 20 epochs on iNaturalist.
+PAPER_EPOCHS = {"imagenet_lt": 10, "places_lt": 10, "inat2018": 20}
 # Profiles that higher layers add (``register_profile``): name -> function returning a ``Profile``.
 _EXTRA_PROFILES: dict = {}
 
@@ -138,10 +140,34 @@ def profile(name: str | None = None) -> Profile:
         )
         # clip-lite: the time of a fine-tune is proportional to its epochs (benchmarks/clip_time.py)
         return clip if name == "clip" else clip.replace(name="clip-lite", epochs=3, seeds=(0,))
+    if name in PAPER_EPOCHS:
+        _require_cuda(name)
+        return paper_profile(name)
     if name in _EXTRA_PROFILES:
         return _EXTRA_PROFILES[name]()
     raise ValueError(f"Unknown profile {name!r}: choose one of {PROFILE_NAMES + tuple(_EXTRA_PROFILES)} (set "
                      "LT_PROFILE or pass name=).")
+
+
+def paper_profile(dataset: str, device: str | torch.device | None = None) -> Profile:
+    """The recipe of the paper (LIFT's) on one of its own datasets, ``imagenet_lt``, ``places_lt`` or ``inat2018``.
+
+    CLIP / OpenCLIP / MetaCLIP ViT-B/16 with AdaptFormer (bottleneck ``lt.peft.adaptformer_bottleneck``: 32, 8 and
+    256), cosine head, SGD 0.01, batch 128 in one micro-batch, fp16, LA with tau 1, 10 epochs (20 on
+    iNaturalist), the 80-template prompt ensemble; test-time five-crop ensembling off (``replace(tte=True)``).
+    Images are decoded once to a uint8 cache (``lt_utils.decoded``). ``device``: default the GPU; ``"cpu"`` runs
+    the same code on a CPU (the tests use it with tiny stand-in models).
+    """
+    if dataset not in PAPER_EPOCHS:
+        raise ValueError(f"Unknown paper dataset {dataset!r}: choose one of {', '.join(PAPER_EPOCHS)}.")
+    device = get_device(device)
+    return Profile(
+        name=dataset, dataset=dataset, data_root=str(default_data_root()), imbalance_ratio=100,
+        models=("clip", "openclip", "metaclip"), control_models=("clip", "clip", "clip"),
+        image_size=224, peft="adaptformer", epochs=PAPER_EPOCHS[dataset], batch_size=128, micro_batch_size=None,
+        lr=0.01, momentum=0.9, weight_decay=5e-4, tau=1.0, seeds=(0,),
+        device=device, amp=device.type == "cuda", num_workers=min(os.cpu_count() or 2, 16),
+    )
 
 
 def hide_progress(progress: bool = True) -> bool:

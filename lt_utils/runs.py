@@ -8,13 +8,15 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from .augment import TensorAugment, preprocessing
 from .cache import cache_dir, cache_key, cached
-from .data import dataset_spec, is_in_memory, load_dataset
-from .distributed import dist_info
+from .data import InMemoryDataset, dataset_spec, is_in_memory, load_dataset
+from .decoded import decode_size, decoded_dataset
+from .distributed import any_rank, broadcast_object, dist_info, gather_rows, shard_range
 from .losses import LOSS_NAMES, make_loss
-from .metrics import predict
+from .metrics import knn_predict, predict
 from .models import build_classifier, load_foundation_model, model_modules
 from .prior import estimate_prior
 from .profiles import Profile, set_seed
@@ -24,8 +26,8 @@ from .training import load_trainable_state, train, trainable_state
 
 # The lt_utils modules whose code a zero-shot / fine-tuning run executes (their source is part of the cache key),
 # besides the modules that load the run's dataset and model (``run_modules``).
-ZERO_SHOT_MODULES = ("runs", "profiles", "data", "augment", "models", "metrics")
-FINE_TUNE_MODULES = ZERO_SHOT_MODULES + ("peft", "losses", "training", "distributed", "prior")
+ZERO_SHOT_MODULES = ("runs", "profiles", "data", "decoded", "augment", "models", "metrics", "distributed")
+FINE_TUNE_MODULES = ZERO_SHOT_MODULES + ("peft", "losses", "training", "prior")
 
 
 def resolve_profile(profile) -> Profile:
@@ -44,19 +46,37 @@ def _data_key(profile: Profile) -> dict:
                 tte=profile.tte)
 
 
-def _load_splits(profile: Profile, fm) -> dict:
+def _load_splits(profile: Profile, fm, progress: bool = True) -> dict:
     """train/val/test of the profile's dataset: three disjoint splits (CIFAR-100-LT's val is held out of its test
-    images). Image-file datasets get the model's torchvision transforms; in-memory ones are transformed
-    batch-wise on the device instead (``test_transform``)."""
+    images), all in memory: image-file datasets (ImageNet-LT, Places-LT, iNat) are decoded once into a
+    memory-mapped uint8 tensor (``_decoded``). They are all transformed batch-wise on the device
+    (``test_transform``)."""
     splits = {}
     for split in ("train", "val", "test"):
-        # download=True: a chapter opened first on a fresh runtime fetches the data itself
+        # a chapter opened first on a fresh runtime fetches CIFAR itself; the image-file datasets (a licence, or
+        # 120 GB) are never downloaded
         data = load_dataset(profile.dataset, profile.data_root, split, imbalance_ratio=profile.imbalance_ratio,
-                            download=True)
+                            download=dataset_spec(profile.dataset).downloadable)
         if not is_in_memory(data):
-            data.transform = fm.train_transform if split == "train" else fm.test_transform
+            data = _decoded(data, fm, progress)
         splits[split] = data
     return splits
+
+
+def _decoded(data, fm, progress: bool) -> InMemoryDataset:
+    """``data``'s images decoded at ``decode_size`` of the model's input size into a memory-mapped file (made once,
+    ``lt_utils.decoded``): the fast in-memory path, batched augmentation on the device. Under torchrun rank 0
+    decodes while the others wait, then they open the finished file."""
+    size, rank = decode_size(fm.image_size), dist_info()[1]
+    if rank == 0:
+        try:
+            decoded = decoded_dataset(data, size, progress=progress)
+        except Exception:
+            any_rank(True)  # the other ranks stop too, rather than wait for a file that never comes
+            raise
+    if any_rank(False):
+        raise RuntimeError("Rank 0 failed to decode the dataset (its error is in its output): this rank stops too.")
+    return decoded if rank == 0 else decoded_dataset(data, size, progress=False)
 
 
 def _batch_transform(profile: Profile, model, train: bool) -> TensorAugment:
@@ -78,17 +98,93 @@ def report_run(what: str, from_cache: bool, seconds: float | None) -> None:
           else f"{what}: computed{took}")
 
 
+def _rows(data, start: int, stop: int):
+    """Rows ``[start, stop)`` of a dataset without copying images: a view of an in-memory dataset's tensor (of a
+    memory-mapped file too), else a ``Subset``."""
+    if not is_in_memory(data):
+        return Subset(data, range(start, stop))
+    ids, group_counts = getattr(data, "ids", None), getattr(data, "group_counts", None)
+    return InMemoryDataset(data.images[start:stop], torch.as_tensor(data.targets)[start:stop], data.classnames,
+                           ids=None if ids is None else ids[start:stop], group_counts=group_counts)
+
+
 def _predict_splits(model, splits: dict, profile: Profile, fm, device, progress: bool = True) -> dict:
+    """Logits, features and labels on val and test. Under torchrun each rank predicts its contiguous slice of a
+    split (``shard_range``) and the slices are gathered, so every rank holds all the outputs, in order."""
+    sharded, rank, world_size = dist_info()
     out = {}
     for split in ("val", "test"):
         data = splits[split]
         transform = _batch_transform(profile, fm, train=False) if is_in_memory(data) else None
-        result = predict(model, data, device=device, transform=transform, num_workers=profile.num_workers,
-                         progress=progress)
+        if sharded:  # an empty slice (fewer rows than ranks) predicts one row and keeps none: predict needs one
+            start, stop = shard_range(len(data), rank, world_size)
+            part = _rows(data, start, stop) if stop > start else _rows(data, 0, 1)
+        result = predict(model, part if sharded else data, device=device, transform=transform,
+                         num_workers=profile.num_workers, progress=progress)
+        if sharded:
+            result = {k: gather_rows(v[:stop - start], len(data)) if isinstance(v, torch.Tensor) else v
+                      for k, v in result.items()}
         out[split] = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in result.items()}
         if getattr(data, "ids", None) is not None:  # sample ids: a kNN probe can prove bank and queries disjoint
             out[split]["ids"] = torch.as_tensor(data.ids).cpu()
     return out
+
+
+def knn_predict_sharded(bank_feats, bank_labels, query_feats, **kw) -> torch.Tensor:
+    """``lt.knn_predict`` (same arguments, same scores) with the queries split among the ranks of a torchrun job:
+    each rank scores its contiguous slice (``shard_range``) against the whole bank and the slices are gathered, so
+    every rank returns all the scores, in order. ``query_ids`` is split with the queries. An error on any rank
+    (a query in the bank, NaN features) stops every rank. One process: ``knn_predict`` itself."""
+    sharded, rank, world_size = dist_info()
+    if not sharded:
+        return knn_predict(bank_feats, bank_labels, query_feats, **kw)
+    query = torch.as_tensor(query_feats)
+    if kw.get("query_ids") is not None:
+        query_ids = torch.as_tensor(kw["query_ids"])
+        if query_ids.shape != (len(query),):
+            raise ValueError(f"query_ids must hold one id per query ({len(query)}), got shape "
+                             f"{tuple(query_ids.shape)}.")
+        kw["query_ids"] = query_ids[slice(*shard_range(len(query), rank, world_size))]
+    scores, error = None, None
+    try:
+        scores = knn_predict(bank_feats, bank_labels, query[slice(*shard_range(len(query), rank, world_size))],
+                             **kw)
+    except Exception as err:  # noqa: BLE001 - raised below on every rank, not only this one
+        error = err
+    if any_rank(error is not None):
+        raise error or RuntimeError("The sharded kNN failed on another rank (its error is in its output).")
+    return gather_rows(scores, len(query))
+
+
+def _cached_on_all_ranks(kind: str, key: dict, compute, depends_on) -> dict:
+    """``cached`` for every rank of a torchrun job alike. The computations hold collectives (DDP, gathered
+    predictions): a rank that loads while another computes would leave it waiting forever, so rank 0 alone
+    looks in the cache and tells the others whether to compute with it, and every rank returns rank 0's value
+    (the one stored). One process: ``cached`` itself."""
+    if not dist_info()[0]:
+        return cached(kind, key, compute, depends_on=depends_on)
+    if dist_info()[1] != 0:
+        decision = broadcast_object()
+        if decision != "compute" and decision != "loaded":
+            raise RuntimeError(f"Rank 0 could not load or compute the {kind} result: {decision}")
+        if decision == "compute":
+            compute()  # with rank 0: this rank's value is dropped for rank 0's, which differs only in timings
+        return broadcast_object()
+    told = []
+
+    def compute_with_all():
+        told.append(broadcast_object("compute"))
+        return compute()
+
+    try:
+        value = cached(kind, key, compute_with_all, depends_on=depends_on)
+    except Exception as err:
+        if not told:  # failed before the others joined (e.g. LT_CACHE_ONLY): they stop with it
+            broadcast_object(f"{type(err).__name__}: {err}")
+        raise
+    if not told:
+        broadcast_object("loaded")
+    return broadcast_object(value)
 
 
 def zero_shot(profile=None, model_name: str | None = None, progress: bool = True) -> dict:
@@ -109,6 +205,7 @@ def zero_shot(profile=None, model_name: str | None = None, progress: bool = True
     profile = resolve_profile(profile)
     if not model_name:
         raise ValueError(f"Name a foundation model, e.g. one of {profile.models}.")
+    progress = progress and dist_info()[1] == 0  # under torchrun: rank 0's bars and line only
     templates = "single" if profile.dataset == "lab" else "ensemble"
     key = dict(_data_key(profile), model=model_name, templates=templates)
 
@@ -117,13 +214,14 @@ def zero_shot(profile=None, model_name: str | None = None, progress: bool = True
     def compute():
         start = time.perf_counter()
         fm = load_foundation_model(model_name, device=profile.device)
-        splits = _load_splits(profile, fm)
+        splits = _load_splits(profile, fm, progress)
         model = fm.zero_shot_classifier(splits["test"].classnames, templates=templates)
         outputs = _predict_splits(model, splits, profile, fm, profile.device, progress)
         computed.append(True)
         return dict(model=model_name, templates=templates, eval_time_s=time.perf_counter() - start, **outputs)
 
-    result = cached("zeroshot", key, compute, depends_on=run_modules(profile, model_name, ZERO_SHOT_MODULES))
+    result = _cached_on_all_ranks("zeroshot", key, compute,
+                                  depends_on=run_modules(profile, model_name, ZERO_SHOT_MODULES))
     result = dict(result, from_cache=not computed)
     if progress:
         report_run(f"zero-shot {model_name}", result["from_cache"], result.get("eval_time_s"))
@@ -175,6 +273,7 @@ def fine_tune(profile=None, model_name: str | None = None, loss: str = "la", see
         raise ValueError(f"Name a foundation model, e.g. one of {profile.models}.")
     if loss not in LOSS_NAMES:
         raise ValueError(f"Unknown loss {loss!r}; choose one of {', '.join(LOSS_NAMES)}.")
+    progress = progress and dist_info()[1] == 0  # under torchrun: rank 0's bars and line only
     peft = peft or profile.peft
     epochs = profile.epochs if epochs is None else int(epochs)
     if epochs < 1:
@@ -201,7 +300,7 @@ def fine_tune(profile=None, model_name: str | None = None, loss: str = "la", see
         computed.append(True)
         device = profile.device
         fm = load_foundation_model(model_name, device=device)
-        splits = _load_splits(profile, fm)
+        splits = _load_splits(profile, fm, progress)
         train_set = splits["train"]
         # the adapters' random init is part of the run: seed it, so the same seed gives the same result in any
         # process (whatever ran before it there, e.g. pre-training a lab model)
@@ -227,7 +326,7 @@ def fine_tune(profile=None, model_name: str | None = None, loss: str = "la", see
                     data_prior=data_prior.float(), pretrain_prior=pretrain_prior, train_time_s=train_time_s,
                     **outputs)
 
-    result = cached("finetune", key, compute, depends_on=modules)
+    result = _cached_on_all_ranks("finetune", key, compute, depends_on=modules)
     if dist_info()[1] == 0:  # only now is the result on disk: a failed save keeps the epochs to resume from
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     result = dict(result, from_cache=not computed)

@@ -29,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
-from .cache import atomic_write, cache_dir
+from .cache import atomic_write, atomic_write_text, cache_dir
+from .data import places365_folders
 from .models import register_foundation_model
 from .profiles import Profile, default_data_root, get_device, register_profile
 
@@ -144,3 +146,105 @@ def standin_profile() -> Profile:
 
 
 register_profile("standin", standin_profile)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fabricated image-list folders (ImageNet-LT, Places-LT, iNaturalist 2018) in their real layouts
+
+_IMAGE_LIST_CLASSES = {"imagenet_lt": 1000, "places_lt": 365}  # fixed label spaces; iNaturalist's is num_classes
+_INAT_SUPERCATEGORIES = ("Plantae", "Insecta", "Aves", "Reptilia", "Mammalia", "Fungi", "Amphibia", "Mollusca")
+
+
+def write_image_list_folder(root, dataset: str, *, num_classes: int, train_counts, per_class_val: int,
+                            per_class_test: int, image_size=(40, 30), seed: int = 0) -> Path:
+    """Small random JPEGs and split files under ``root`` in the real layout of ``dataset``, read by the real
+    loaders (``lt.load_dataset(dataset, root, split)``); returns ``root``.
+
+    * ``"imagenet_lt"``: ``ImageNet_LT/ImageNet_LT_{train,val,test}.txt`` over ``train/n0000000c/n0000000c_17.JPEG``
+      (train) and ``val/n0000000c/ILSVRC2012_val_00000001.JPEG`` (val, test); ``num_classes`` must be 1000.
+    * ``"places_lt"``: ``Places_LT/Places_LT_{train,val,test}.txt`` over ``data_256/a/airfield/00000001.jpg``
+      (train, val) and ``val_256/Places365_val_00000001.jpg`` (test); ``num_classes`` must be 365.
+    * ``"inat2018"``: ``iNaturalist18/iNaturalist18_{train,val}.txt`` over
+      ``train_val2018/Plantae/<id>/<32 hex>.jpg`` and ``iNaturalist18/categories.json`` (``num_classes`` entries,
+      written in a shuffled order: the loader maps by "id"). The official val file gets ``per_class_val +
+      per_class_test`` images per class and the loader holds one per class out as val, so ``per_class_val`` must
+      be 1. The split files' lines are shuffled, as the real ones are.
+
+    ``train_counts``: training images per class (``num_classes`` of them, each >= 1: a class without training
+    images would have log 0 in a logit-adjusted prior). Images are JPEG quality 90 of smooth random colour, their
+    sides within 25% of ``image_size`` (width, height), about half of them portrait; every draw comes from
+    ``np.random.default_rng(seed)``. A fabricated ImageNet-LT of 3 images per class (4,000 files) is a few MB.
+    """
+    if dataset not in (*_IMAGE_LIST_CLASSES, "inat2018"):
+        raise ValueError(f"dataset must be one of imagenet_lt, places_lt, inat2018; got {dataset!r}.")
+    expected = _IMAGE_LIST_CLASSES.get(dataset)
+    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
+    if expected is not None and num_classes != expected:
+        raise ValueError(f"{dataset}'s loader uses its {expected} real class names, so num_classes must be {expected} "
+                         f"(got {num_classes}); only inat2018 reads its classes from the categories.json written here.")
+    train_counts = [int(c) for c in train_counts]
+    if len(train_counts) != num_classes or min(train_counts) < 1:
+        raise ValueError(f"train_counts must give each of the {num_classes} classes at least 1 training image "
+                         f"(got {len(train_counts)} counts, smallest {min(train_counts, default=None)}).")
+    if per_class_val < 1 or per_class_test < 1:
+        raise ValueError(f"per_class_val and per_class_test must be >= 1 (balanced val and test splits), got "
+                         f"{per_class_val} and {per_class_test}.")
+    if dataset == "inat2018" and per_class_val != 1:
+        raise ValueError(f"inat2018's loader holds out exactly 1 image per class of the official val as val "
+                         f"(lt_utils.data.INAT2018_VAL_PER_CLASS), so per_class_val must be 1, got {per_class_val}.")
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    base_w, base_h = (int(v) for v in image_size)
+
+    def save_jpeg(rel: str) -> None:
+        w, h = (max(8, round(v * rng.uniform(0.75, 1.25))) for v in (base_w, base_h))
+        if rng.random() < 0.5:
+            w, h = h, w  # portrait and landscape alike
+        coarse = rng.integers(0, 256, size=(h // 8 + 2, w // 8 + 2, 3), dtype=np.uint8)
+        image = Image.fromarray(coarse).resize((w, h), Image.BILINEAR)  # smooth content, as photos are
+        atomic_write(root / rel, lambda tmp: image.save(tmp, format="JPEG", quality=90))
+
+    def write_split(path: Path, rows: list, shuffle: bool) -> None:
+        order = rng.permutation(len(rows)) if shuffle else range(len(rows))
+        text = "".join(f"{rows[i][0]} {rows[i][1]}\n" for i in order)
+        for rel, _ in rows:
+            save_jpeg(rel)
+        atomic_write_text(text, path)
+
+    if dataset == "imagenet_lt":
+        wnid = [f"n{c:08d}" for c in range(num_classes)]
+        train = [(f"train/{wnid[c]}/{wnid[c]}_{k + 1}.JPEG", c) for c in range(num_classes)
+                 for k in range(train_counts[c])]
+        val_test = [(f"val/{wnid[c]}/ILSVRC2012_val_{c * (per_class_val + per_class_test) + k + 1:08d}.JPEG", c)
+                    for c in range(num_classes) for k in range(per_class_val + per_class_test)]
+        val = [row for i, row in enumerate(val_test) if i % (per_class_val + per_class_test) < per_class_val]
+        test = [row for i, row in enumerate(val_test) if i % (per_class_val + per_class_test) >= per_class_val]
+        for split, rows in (("train", train), ("val", val), ("test", test)):
+            write_split(root / "ImageNet_LT" / f"ImageNet_LT_{split}.txt", rows, shuffle=False)
+    elif dataset == "places_lt":
+        folders = [f.replace("-", "/") for f in places365_folders()]  # "apartment_building-outdoor" is two levels
+        train = [(f"data_256/{folders[c][0]}/{folders[c]}/{k + 1:08d}.jpg", c) for c in range(num_classes)
+                 for k in range(train_counts[c])]
+        val = [(f"data_256/{folders[c][0]}/{folders[c]}/{train_counts[c] + k + 1:08d}.jpg", c)
+               for c in range(num_classes) for k in range(per_class_val)]
+        test = [(f"val_256/Places365_val_{c * per_class_test + k + 1:08d}.jpg", c) for c in range(num_classes)
+                for k in range(per_class_test)]
+        for split, rows in (("train", train), ("val", val), ("test", test)):
+            write_split(root / "Places_LT" / f"Places_LT_{split}.txt", rows, shuffle=False)
+    else:
+        supers = [_INAT_SUPERCATEGORIES[c % len(_INAT_SUPERCATEGORIES)] for c in range(num_classes)]
+
+        def rows_of(counts):
+            return [(f"train_val2018/{supers[c]}/{c}/{rng.bytes(16).hex()}.jpg", c) for c in range(num_classes)
+                    for _ in range(counts[c])]
+
+        folder = root / "iNaturalist18"
+        write_split(folder / "iNaturalist18_train.txt", rows_of(train_counts), shuffle=True)
+        write_split(folder / "iNaturalist18_val.txt", rows_of([per_class_val + per_class_test] * num_classes),
+                    shuffle=True)
+        categories = [{"id": c, "name": f"Fabricata species{c}", "supercategory": supers[c],
+                       "kingdom": "Plantae" if supers[c] == "Plantae" else "Animalia"} for c in range(num_classes)]
+        categories = [categories[i] for i in rng.permutation(num_classes)]
+        atomic_write_text(json.dumps(categories), folder / "categories.json")
+    return root

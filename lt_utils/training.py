@@ -8,6 +8,7 @@ import inspect
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from .profiles import get_device, hide_progress
 LOG_EVERY = 25  # steps between host syncs for the progress bar (and the NaN check)
 CHECKPOINT_NAME = "last.pt"
 CHECKSUM_SUFFIX = ".sha256"  # last.pt.sha256, in sha256sum's format
+# An in-memory dataset moves to the GPU only when its images take at most this share of the free GPU memory; larger
+# ones (memory-mapped files of tens of GB) stay on the host and are batched there.
+DEVICE_RESIDENT_FRACTION = 0.25
 
 
 def epoch_indices(num_samples: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
@@ -48,6 +52,38 @@ def _tensor_batches(images, targets, order, batch_size, device):
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         yield images[idx], targets[idx]
+
+
+def _keep_on_host(images: torch.Tensor, device: torch.device) -> bool:
+    """Whether ``lt.train`` batches ``images`` on the host rather than moving them to ``device``: only on CUDA,
+    for host images larger than ``DEVICE_RESIDENT_FRACTION`` of the free GPU memory (on the CPU they stay put)."""
+    if device.type != "cuda" or images.device.type == "cuda":
+        return False
+    return images.nbytes > DEVICE_RESIDENT_FRACTION * torch.cuda.mem_get_info(device)[0]
+
+
+def _host_batches(images, targets, order, batch_size, device):
+    """The batches of ``_tensor_batches`` (same order, same values) from host images too large for the device:
+    each is gathered on the host by sorted index (sequential reads of a memory-mapped file) into pinned memory,
+    copied without blocking and put back in order on the device; the next batch is gathered in a background thread
+    while the device works on this one."""
+    pin = device.type == "cuda"
+    targets, order_on_device = targets.to(device), order.to(device)
+
+    def gather(start):
+        idx, perm = order[start:start + batch_size].sort()
+        out = torch.empty((len(idx), *images.shape[1:]), dtype=images.dtype, pin_memory=pin)
+        return torch.index_select(images, 0, idx, out=out), perm.argsort()  # out[inverse] is the batch
+
+    starts = range(0, len(order), batch_size)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(gather, starts[0])
+        for i, start in enumerate(starts):
+            host, inverse = pending.result()
+            if i + 1 < len(starts):
+                pending = pool.submit(gather, starts[i + 1])
+            x = host.to(device, non_blocking=True)[inverse.to(device)]
+            yield x, targets[order_on_device[start:start + batch_size]]
 
 
 def _num_steps(num_samples: int, batch_size: int, world_size: int) -> int:
@@ -105,6 +141,14 @@ def _load_checkpoint(path: Path) -> dict:
     return safe_torch_load(path)  # without a checksum (interrupted save, older run): it must still parse
 
 
+def _real_rows(num_samples: int, batch_size: int, step: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``(global, local)``: how many samples the global batch ``step`` holds (the last one may be smaller) and how
+    many of them are this rank's rows (``[rank::world_size]``); a rank's rows past them are the padding that
+    ``epoch_indices`` (``DistributedSampler``) adds to make the epoch divisible by ``world_size``."""
+    total = min(batch_size, num_samples - step * batch_size)
+    return total, len(range(rank, total, world_size))
+
+
 def _rng_state(device: torch.device, augment_gen: torch.Generator) -> dict:
     state = {"cpu": torch.get_rng_state(), "augment": augment_gen.get_state()}
     if device.type == "cuda":
@@ -120,9 +164,9 @@ def _set_rng_state(state: dict, device: torch.device, augment_gen: torch.Generat
 
 
 # ----------------------------------------------------------------------------------------------- train
-def _accepts_generator(fn) -> bool:
+def _accepts(fn, name: str) -> bool:
     try:
-        return "generator" in inspect.signature(fn).parameters
+        return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
 
@@ -134,9 +178,12 @@ def _attention_backend(device: torch.device):
     return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()
 
 
-def train_step(net, loss_fn, x, y, optimizer, scaler, micro_batch_size: int, amp: bool, ddp: bool = False):
+def train_step(net, loss_fn, x, y, optimizer, scaler, micro_batch_size: int, amp: bool, ddp: bool = False,
+               weight: float = 1.0):
     """One optimizer step on the batch ``(x, y)``, accumulating the gradients of its micro-batches (each loss
-    weighted by its share of the batch, so the update equals that of the whole batch). Returns a device tensor
+    weighted by its share of the batch, so the update equals that of the whole batch). ``weight`` scales the
+    batch's loss: under DDP, ``world_size * local rows / global rows``, so the averaged gradient is the global
+    batch's mean when the ranks' shares differ (1 when they are equal). Returns a device tensor
     ``[summed loss, correct predictions]`` of the batch, without waiting for the device."""
     n = y.shape[0]
     optimizer.zero_grad(set_to_none=True)
@@ -148,7 +195,7 @@ def train_step(net, loss_fn, x, y, optimizer, scaler, micro_batch_size: int, amp
             with _attention_backend(x.device), torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
                 logits = net(xm)
                 loss = loss_fn(logits, ym)
-            scaler.scale(loss * (ym.shape[0] / n)).backward()
+            scaler.scale(loss * (ym.shape[0] / n * weight)).backward()
         totals.append(torch.stack([loss.detach().double() * ym.shape[0],
                                    (logits.detach().argmax(1) == ym).sum().double()]))
     scaler.step(optimizer)
@@ -173,10 +220,13 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
     schedule over ``epochs`` stepped per epoch (no warm-up, as LIFT). ``batch_size`` is the *global* batch; it
     is split into micro-batches of ``micro_batch_size`` whose gradients are accumulated (a 128 batch in 2x64
     gives the same update as one 128 batch). Mixed precision (fp16 autocast + GradScaler) runs on CUDA only
-    (``amp=None``: on when the device is CUDA). Datasets with a uint8 ``.images`` tensor are batched by index on
-    the device and passed through ``augment`` (a callable on uint8 batches, e.g. ``TensorAugment``; without it
-    images are scaled to [0, 1]); other datasets go through a ``DataLoader``. Data order and augmentation are
-    seeded by ``seed`` (the global torch generator is seeded too, for dropout). With ``checkpoint_dir``, the
+    (``amp=None``: on when the device is CUDA). Datasets with a uint8 ``.images`` tensor are batched by index and
+    passed through ``augment`` (a callable on uint8 batches, e.g. ``TensorAugment``; without it images are scaled
+    to [0, 1]); their images move to the device, unless on CUDA they would take more than
+    ``DEVICE_RESIDENT_FRACTION`` of its free memory (e.g. a memory-mapped ImageNet-LT): then each batch is gathered
+    on the host, the next one in a background thread, with the same result. Other datasets go through a
+    ``DataLoader``. Data order and augmentation are seeded by ``seed`` (the global torch generator is seeded too,
+    for dropout, with ``seed + rank``). With ``checkpoint_dir``, the
     state is saved atomically to ``checkpoint_dir/last.pt`` after every epoch and a later call resumes from it
     (``resume=True``), giving the same result as an uninterrupted run. The checkpoint records the
     hyper-parameters, the dataset size and ``run_fingerprint`` (a JSON-able description of the run: model, PEFT,
@@ -184,7 +234,12 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
     SHA-256, and a resume refuses a corrupt checkpoint (both: ``ValueError``, the file is kept). Under torchrun
     (an initialised process group, or ``distributed=True`` with ``WORLD_SIZE`` > 1) the model is wrapped in
     ``DistributedDataParallel`` and each rank trains on its shard of every global batch (``DistributedSampler``'s
-    split); only rank 0 writes checkpoints and shows the progress bar.
+    split); only rank 0 writes checkpoints and shows the progress bar. The result equals one process's up to float
+    noise: the padding ``DistributedSampler`` adds to the last batch is left out of the loss and the statistics,
+    and an ``augment`` that takes ``shard=(rank, world_size, batch_size)`` (``TensorAugment``) draws on every rank
+    from one generator seeded by ``seed`` for the whole global batch and keeps its rows. Not so per rank, with the
+    generator seeded by ``seed + rank``: an ``augment`` without ``shard``, dropout, and a ``DataLoader`` dataset's
+    own transform (its workers draw per rank).
 
     Returns the history: per-epoch lists ``loss``, ``acc`` (training accuracy on the augmented batches),
     ``lr`` (the rate used in that epoch) and ``time_s``. A NaN/inf loss raises ``FloatingPointError``.
@@ -215,7 +270,9 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
     amp = (device.type == "cuda") if amp is None else (bool(amp) and device.type == "cuda")  # CPU fallback
 
     torch.manual_seed(seed + rank)  # dropout and any augmentation that uses the global generator
-    augment_gen = torch.Generator(device=device).manual_seed(seed + rank)
+    # a shard-aware augmentation draws the global batch's parameters: one stream, the same on every rank
+    sharded_augment = augment is not None and _accepts(augment, "shard")
+    augment_gen = torch.Generator(device=device).manual_seed(seed if sharded_augment else seed + rank)
     model.to(device)
     net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if use_ddp else model
@@ -248,14 +305,15 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
     # --- data
     in_memory = is_in_memory(train_set)
     if in_memory:
-        images = train_set.images.to(device, non_blocking=True)
+        on_host = _keep_on_host(train_set.images, device)
+        images = train_set.images if on_host else train_set.images.to(device, non_blocking=True)
         targets = torch.as_tensor(train_set.targets).to(device, non_blocking=True)
-    augment_kw = {"generator": augment_gen} if augment is not None and _accepts_generator(augment) else {}
+    augment_kw = {"generator": augment_gen} if augment is not None and _accepts(augment, "generator") else {}
 
     def batches(epoch):
         if in_memory:
             order = epoch_indices(len(train_set), seed, epoch, rank, world_size)
-            return _tensor_batches(images, targets, order, rank_batch, device)
+            return (_host_batches if on_host else _tensor_batches)(images, targets, order, rank_batch, device)
         sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         sampler.set_epoch(epoch)
         return DataLoader(train_set, batch_size=rank_batch, sampler=sampler, num_workers=num_workers,
@@ -270,15 +328,21 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
         totals = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, correct predictions
         first_bad = torch.tensor(steps, device=device)  # first step with a non-finite loss (steps = none)
         for step, (x, y) in enumerate(batches(epoch)):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            total, real = _real_rows(len(train_set), batch_size, step, rank, world_size)
+            # Padding is left out; a rank with only padding still steps (DDP all-reduces), on one row weighted 0.
+            x, y = x[:max(real, 1)].to(device, non_blocking=True), y[:max(real, 1)].to(device, non_blocking=True)
             if augment is not None:
-                x = augment(x, **augment_kw)
+                shard = {"shard": (rank, world_size, total)} if sharded_augment and world_size > 1 else {}
+                x = augment(x, **augment_kw, **shard)
             elif x.dtype == torch.uint8:
                 x = x.float().div_(255)
-            batch_totals = train_step(net, loss_fn, x, y, optimizer, scaler, micro, amp, use_ddp)
+            batch_totals = train_step(net, loss_fn, x, y, optimizer, scaler, micro, amp, use_ddp,
+                                      weight=world_size * real / total)
+            if not real:
+                batch_totals = torch.zeros_like(batch_totals)
             totals += batch_totals
             first_bad = torch.minimum(first_bad, torch.where(torch.isfinite(batch_totals[0]), steps, step))
-            seen += y.shape[0]
+            seen += real
             bar.update(1)
             if (step + 1) % LOG_EVERY == 0:
                 loss_sum, correct, bad = _to_host(torch.cat([totals, first_bad.view(1).double()]))

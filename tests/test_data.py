@@ -135,7 +135,7 @@ def test_in_memory_dataset_errors(images, targets, match):
 # ----------------------------------------------------------------------------------------------- load_dataset errors
 
 def test_load_dataset_argument_errors(tmp_path):
-    with pytest.raises(ValueError, match="cifar100_lt, imagenet_lt, places_lt, lab"):
+    with pytest.raises(ValueError, match="cifar100_lt, imagenet_lt, places_lt, inat2018, lab"):
         lt.load_dataset("cifar10_lt", tmp_path)
     with pytest.raises(ValueError, match="splits train, val, test"):
         lt.load_dataset("cifar100_lt", tmp_path, split="holdout")
