@@ -21,7 +21,7 @@ from .plots import (plot_causal_graph, plot_group_bars, plot_group_matrix, plot_
                     show_markdown)
 from .prior import estimate_prior, rank_correlation
 from .profiles import profile
-from .runs import estimate_pretrain_prior, fine_tune, load_fine_tuned, test_transform, zero_shot
+from .runs import estimate_pretrain_prior, fine_tune, load_fine_tuned, load_split, test_transform, zero_shot
 from .version import __version__
 
 # The front door: what the chapters and their exercises call (DESIGN.md lists each with its signature).
@@ -29,7 +29,7 @@ __all__ = [
     # settings and cache
     "profile", "cached",
     # data and groups
-    "load_dataset", "balanced_subset", "GROUP_NAMES", "data_groups", "prior_groups",
+    "load_dataset", "load_split", "balanced_subset", "GROUP_NAMES", "data_groups", "prior_groups",
     # the lab world (a module: lt.lab.make_world, lt.lab.upstream_priors)
     "lab",
     # the paper's datasets at full scale (a module: lt.paper.results_table, for the results page)

@@ -46,28 +46,45 @@ def _data_key(profile: Profile) -> dict:
                 tte=profile.tte)
 
 
+def _load_split(profile: Profile, split: str, image_size: int, progress: bool = True) -> InMemoryDataset:
+    """One split of the profile's dataset in memory: image-file datasets (ImageNet-LT, Places-LT, iNat) decoded once
+    for a model of ``image_size`` into a memory-mapped uint8 tensor (``_decoded``)."""
+    # a chapter opened first on a fresh runtime fetches CIFAR itself; the image-file datasets (a licence, or 120 GB)
+    # are never downloaded
+    data = load_dataset(profile.dataset, profile.data_root, split, imbalance_ratio=profile.imbalance_ratio,
+                        download=dataset_spec(profile.dataset).downloadable)
+    return data if is_in_memory(data) else _decoded(data, image_size, progress)
+
+
 def _load_splits(profile: Profile, fm, progress: bool = True) -> dict:
     """train/val/test of the profile's dataset: three disjoint splits (CIFAR-100-LT's val is held out of its test
-    images), all in memory: image-file datasets (ImageNet-LT, Places-LT, iNat) are decoded once into a
-    memory-mapped uint8 tensor (``_decoded``). They are all transformed batch-wise on the device
-    (``test_transform``)."""
-    splits = {}
-    for split in ("train", "val", "test"):
-        # a chapter opened first on a fresh runtime fetches CIFAR itself; the image-file datasets (a licence, or
-        # 120 GB) are never downloaded
-        data = load_dataset(profile.dataset, profile.data_root, split, imbalance_ratio=profile.imbalance_ratio,
-                            download=dataset_spec(profile.dataset).downloadable)
-        if not is_in_memory(data):
-            data = _decoded(data, fm, progress)
-        splits[split] = data
-    return splits
+    images), all in memory and transformed batch-wise on the device (``test_transform``)."""
+    return {split: _load_split(profile, split, fm.image_size, progress) for split in ("train", "val", "test")}
 
 
-def _decoded(data, fm, progress: bool) -> InMemoryDataset:
-    """``data``'s images decoded at ``decode_size`` of the model's input size into a memory-mapped file (made once,
+def load_split(profile=None, split: str = "train", progress: bool = True) -> InMemoryDataset:
+    """One split of the profile's dataset, as ``zero_shot`` and ``fine_tune`` see it. Used by chapters 1-4.
+
+    Args:
+        profile: a ``Profile`` or its name (None: ``$LT_PROFILE``).
+        split: ``"train"``, ``"val"`` or ``"test"`` (three disjoint splits; see ``lt.load_dataset``).
+        progress: show a progress bar while image files are decoded.
+
+    Returns:
+        An in-memory dataset (uint8 ``.images``, ``.targets``, ``.classnames``, ``.class_counts``,
+        ``.group_counts``, ``.ids``): the lab's world, CIFAR-100-LT (downloaded when missing) at the profile's
+        imbalance ratio, or ImageNet-LT / Places-LT / iNaturalist 2018 decoded once for the profile's image size
+        (``lt_utils.decoded``; later calls open the file).
+    """
+    profile = resolve_profile(profile)
+    return _load_split(profile, split, profile.image_size, progress and dist_info()[1] == 0)
+
+
+def _decoded(data, image_size: int, progress: bool) -> InMemoryDataset:
+    """``data``'s images decoded at ``decode_size(image_size)`` into a memory-mapped file (made once,
     ``lt_utils.decoded``): the fast in-memory path, batched augmentation on the device. Under torchrun rank 0
     decodes while the others wait, then they open the finished file."""
-    size, rank = decode_size(fm.image_size), dist_info()[1]
+    size, rank = decode_size(image_size), dist_info()[1]
     if rank == 0:
         try:
             decoded = decoded_dataset(data, size, progress=progress)

@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from .cache import atomic_write, atomic_write_text, cache_dir
 from .data import places365_folders
 from .models import register_foundation_model
-from .profiles import Profile, default_data_root, get_device, register_profile
+from .profiles import Profile, default_data_root, get_device, paper_profile, register_profile
 
 # name -> (open_clip architecture registered below, seed of its random weights)
 STANDIN_MODELS = {
@@ -248,3 +248,40 @@ def write_image_list_folder(root, dataset: str, *, num_classes: int, train_count
         categories = [categories[i] for i in rng.permutation(num_classes)]
         atomic_write_text(json.dumps(categories), folder / "categories.json")
     return root
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The paper-scale code path on a fabricated Places-LT: `LT_PROFILE=standin-places_lt`
+
+PLACES_STANDIN_MAX = 120  # Places-LT's 365 classes with 120 .. 1 training images (IR 120): all three D-groups
+
+
+def places_standin_root() -> Path:
+    """A fabricated Places-LT folder in the real layout (365 classes, 120 .. 1 training images per class, 1 val
+    and 1 test image per class), written once below ``standin_root()``."""
+    root = standin_root() / "places_lt"
+    done = root / "VERSION"
+    if not (done.is_file() and done.read_text().strip() == str(FILE_VERSION)):
+        shutil.rmtree(root, ignore_errors=True)  # an unfinished folder from an interrupted write: made again whole
+        counts = [max(1, int(PLACES_STANDIN_MAX * (1 / PLACES_STANDIN_MAX) ** (i / 364))) for i in range(365)]
+        write_image_list_folder(root, "places_lt", num_classes=365, train_counts=counts, per_class_val=1,
+                                per_class_test=1, seed=0)
+        atomic_write_text(f"{FILE_VERSION}\n", done)  # last: the folder is complete
+    return root
+
+
+def standin_places_profile() -> Profile:
+    """The ``"standin-places_lt"`` profile: the paper's profiles' code path (``paper_profile``: an image-list
+    dataset decoded once, the prompt ensemble, one micro-batch) on a fabricated Places-LT and the stand-in models,
+    at their 32 px, one epoch, one seed (``$LT_STANDIN_SEEDS``). It shows that every chapter runs on the paper's
+    datasets (``LT_PROFILE=places_lt`` on a GPU node); its numbers mean nothing."""
+    setup()
+    device = get_device()
+    seeds = tuple(int(s) for s in os.environ.get("LT_STANDIN_SEEDS", "0").split(","))
+    return paper_profile("places_lt", device=device).replace(
+        name="standin-places_lt", data_root=str(places_standin_root()), models=tuple(STANDIN_MODELS),
+        control_models=("standin-clip",) * 3, image_size=32, epochs=1, batch_size=64, micro_batch_size=32,
+        seeds=seeds, num_workers=0)
+
+
+register_profile("standin-places_lt", standin_places_profile)

@@ -240,3 +240,14 @@ def test_the_readme_gpu_hours_are_computed_from_the_measured_rates(inat_run):
         assert paper_hours.rates(dataset)["source"] == f"clip_step_h100_{dataset}.json"
     # it counts the fine-tunes the pipeline runs (the fixture ran two seeds)
     assert len(paper.read_results(inat_run)["runs"]) == 2 * paper_hours.FINE_TUNES_PER_SEED
+
+
+def test_load_split_gives_the_chapters_what_the_runs_see(inat_root, tmp_path, monkeypatch):
+    """Chapters load data with `lt.load_split(cfg, split)`: image files decoded once, in memory, as the runs use."""
+    monkeypatch.setenv("LT_CACHE_DIR", str(tmp_path / "cache"))
+    profile = lt.profiles.paper_profile("inat2018", device="cpu").replace(data_root=str(inat_root), image_size=32)
+    test = lt.load_split(profile, "test", progress=False)
+    assert lt.data.is_in_memory(test) and test.images.shape == (24, 3, 36, 36)  # decode_size(32) = 36
+    raw = lt.load_dataset("inat2018", inat_root, "test")
+    assert torch.equal(test.targets, raw.targets) and torch.equal(test.ids, raw.ids)
+    assert torch.equal(test.images[0], torch.from_numpy(lt.decoded.decode_image(raw.paths[0], 36)))
