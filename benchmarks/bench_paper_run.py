@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -39,8 +40,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
-    cuda = torch.cuda.is_available()
     work = Path(tempfile.mkdtemp(prefix="bench_paper_run_"))
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the fabricated JPEGs, decoded files and cache
+
+
+def run(args, work: Path) -> None:
+    cuda = torch.cuda.is_available()
     os.environ["LT_CACHE_DIR"] = str(work / "cache")
     stages = {}
 
