@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ from .losses import LOSS_NAMES
 from .checks import check_finite
 from .metrics import accuracy, accuracy_report
 from .models import build_classifier, load_foundation_model, save_checkpoint
-from .paper import RESULT_FILES, run_paper
+from .paper import RESULT_FILES, json_ready, run_paper
 from .peft import PEFT_METHODS
 from .prior import rank_correlation
 from .profiles import PAPER_EPOCHS, PROFILE_NAMES, paper_profile
@@ -175,19 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _as_json(x):
-    """Tensors to lists, NaN (an empty group) to null: strict JSON."""
-    x = x.tolist() if isinstance(x, torch.Tensor) else x
-    if isinstance(x, list):
-        return [_as_json(v) for v in x]
-    return None if isinstance(x, float) and math.isnan(x) else x
-
-
 def _report(logits, labels, d_groups, p_groups=None) -> dict:
     """JSON-able accuracy summary in percent (a group without classes is null)."""
     report = accuracy_report(logits, labels, d_groups, p_groups)
     keep = ("overall", "mean_per_class", "d_group", "p_group", "matrix")
-    return {k: _as_json(report[k]) for k in keep if k in report}
+    return {k: json_ready(report[k]) for k in keep if k in report}
 
 
 def _check_out(path: Path | None, folder: bool) -> None:

@@ -54,16 +54,19 @@ def code_version() -> dict:
     return dict(lt_utils_version=__version__, git_commit=commit, source_sha256=digest.hexdigest())
 
 
+def json_ready(x):
+    """Tensors to lists, NaN (an empty group) to null: strict JSON (the CLI's files and the results file)."""
+    x = x.tolist() if isinstance(x, torch.Tensor) else x
+    if isinstance(x, list):
+        return [json_ready(v) for v in x]
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
 def _json_report(report: dict) -> dict:
     """An ``accuracy_report`` as JSON: overall, mean per class, D-/P-group accuracies and the 3x3 matrix (percent;
     an empty group is null)."""
-    def plain(x):
-        x = x.tolist() if isinstance(x, torch.Tensor) else x
-        if isinstance(x, list):
-            return [plain(v) for v in x]
-        return None if isinstance(x, float) and math.isnan(x) else x
     keys = ("overall", "mean_per_class", "d_group", "p_group", "matrix", "matrix_counts")
-    return {k: plain(report[k]) for k in keys if k in report}
+    return {k: json_ready(report[k]) for k in keys if k in report}
 
 
 def _knn_reports(comparison: dict, zero: dict, main: str, d_groups, p_groups) -> dict:
