@@ -14,7 +14,8 @@ Every method freezes the backbone and adds (or unfreezes) a few parameters, foll
 
 How the injection works: each ``ResidualAttentionBlock`` is *re-classed in place* to a small subclass whose
 ``forward`` adds the branch; its weights, parameter names and the rest of the model stay as open_clip built them.
-LoRA uses ``torch.nn.utils.parametrize`` on the fused ``in_proj_weight`` instead.
+LoRA uses ``torch.nn.utils.parametrize`` on the fused ``in_proj_weight`` instead. Every block then computes
+its self-attention with ``self_attention`` (the same result as ``nn.MultiheadAttention``, without its layout copies).
 """
 from __future__ import annotations
 
@@ -44,6 +45,43 @@ def count_parameters(module: nn.Module) -> dict:
     return dict(trainable=trainable, total=total)
 
 
+# --- attention ---------------------------------------------------------------------------------------------------
+def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+    """``attn(x, x, x, need_weights=False)[0]`` for a batch-first ``x`` (B x T x D), without the layout copies of
+    ``nn.MultiheadAttention``: one projection to q, k and v, heads split by views. On the CPU the attention is
+    written out as PyTorch's math kernel computes it (q and k each scaled by head_dim ** -1/4), the kernel
+    ``lt.training.train`` selects there, so training gives the same bits, in less time (benchmarks/RESULTS.md,
+    2026-11-23, lab); elsewhere it is ``F.scaled_dot_product_attention`` (flash kernels on CUDA)."""
+    batch, tokens, dim = x.shape
+    heads = attn.num_heads
+    head_dim = dim // heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(batch, tokens, 3, heads, head_dim)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B x heads x T x head_dim
+    if x.device.type == "cpu":
+        root_scale = math.sqrt(1.0 / math.sqrt(head_dim))
+        weights = torch.softmax((q * root_scale) @ (k.transpose(-2, -1) * root_scale), dim=-1)
+        out = weights @ v
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)
+    return F.linear(out.transpose(1, 2).reshape(batch, tokens, dim), attn.out_proj.weight, attn.out_proj.bias)
+
+
+def _plain_self_attention(attn: nn.MultiheadAttention) -> bool:
+    """Whether ``self_attention`` computes what ``attn`` does: q, k, v of one width, no extra key/value bias or
+    zero token, no attention dropout in training."""
+    return (attn._qkv_same_embed_dim and attn.batch_first and attn.bias_k is None and not attn.add_zero_attn
+            and not (attn.training and attn.dropout > 0))
+
+
+class PEFTBlock(ResidualAttentionBlock):
+    """open_clip's block with the attention of ``self_attention``; the base of every PEFT block."""
+
+    def attention(self, q_x, k_x=None, v_x=None, attn_mask=None):
+        if k_x is None and v_x is None and attn_mask is None and _plain_self_attention(self.attn):
+            return self_attention(self.attn, q_x)
+        return super().attention(q_x, k_x, v_x, attn_mask)
+
+
 # --- AdaptFormer -------------------------------------------------------------------------------------------------
 class AdaptFormer(nn.Module):
     """The parallel bottleneck branch: LN -> down (D -> r) -> ReLU -> up (r -> D) -> x scale."""
@@ -64,7 +102,7 @@ class AdaptFormer(nn.Module):
         return self.up_proj(F.relu(self.down_proj(self.ln(x)))) * self.scale
 
 
-class AdaptFormerBlock(ResidualAttentionBlock):
+class AdaptFormerBlock(PEFTBlock):
     """open_clip's block plus ``self.adaptformer`` fed the residual stream before ``ln_2``."""
 
     def forward(self, q_x, k_x=None, v_x=None, attn_mask=None):
@@ -76,7 +114,7 @@ class AdaptFormerBlock(ResidualAttentionBlock):
 
 
 # --- VPT ---------------------------------------------------------------------------------------------------------
-class PromptedBlock(ResidualAttentionBlock):
+class PromptedBlock(PEFTBlock):
     """open_clip's block that first drops any prompt tokens after the first ``vpt_seq_len`` tokens and appends
     its own ``vpt_prompts`` (batch-first token layout)."""
 
@@ -183,6 +221,9 @@ def apply_peft(visual: VisionTransformer, method: str, num_classes: int, *, bott
     elif method == "full":
         visual.requires_grad_(True)
     # linear_probe: the backbone stays frozen, only the head trains
+    for block in blocks:
+        if type(block) is ResidualAttentionBlock:
+            block.__class__ = PEFTBlock  # the faster attention, the same result
 
     visual.peft_method = method
     info.update(count_parameters(visual))

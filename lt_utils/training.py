@@ -174,7 +174,8 @@ def _accepts(fn, name: str) -> bool:
 def _attention_backend(device: torch.device):
     """On the CPU, attention over short token sequences (the lab's 17 tokens, the stand-in's) runs faster as plain
     matrix products than in the fused flash kernel, forward and backward (22.7 vs 26.7 ms per lab training step on
-    2 cores); elsewhere PyTorch's own choice."""
+    2 cores); elsewhere PyTorch's own choice. PEFT blocks write those products out themselves
+    (``lt.peft.self_attention``); this covers blocks that call ``nn.MultiheadAttention``."""
     return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else nullcontext()
 
 

@@ -5,9 +5,10 @@ import open_clip
 import pytest
 import torch
 from open_clip.transformer import VisionTransformer
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lt_utils.peft import (PEFT_METHODS, AdaptFormerBlock, PromptedBlock, adaptformer_bottleneck, apply_peft,
-                           count_parameters)
+from lt_utils.peft import (PEFT_METHODS, AdaptFormerBlock, PEFTBlock, PromptedBlock, adaptformer_bottleneck,
+                           apply_peft, count_parameters, self_attention)
 
 
 def tiny_vit(seed=0):
@@ -170,3 +171,44 @@ def test_deepcopy_of_peft_model_is_independent(images):
         visual.transformer.resblocks[0].vpt_prompts.add_(1.0)
         assert torch.equal(clone(images), expected)
         assert not torch.equal(visual(images), expected)
+
+
+@pytest.mark.parametrize("width, heads", [(64, 4), (96, 2), (48, 3)])  # head_dim 16 (the lab's), 48, 16
+def test_self_attention_gives_the_bits_of_multihead_attention(width, heads):
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(width, heads, batch_first=True)
+    x = torch.randn(5, 17, width, requires_grad=True)
+    with sdpa_kernel(SDPBackend.MATH):  # the kernel lt.training.train picks on the CPU
+        expected = attn(x, x, x, need_weights=False)[0]
+    got = self_attention(attn, x)
+    assert torch.equal(got, expected)
+    grad = torch.randn_like(got)
+    assert torch.equal(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+    attn.eval()
+    with torch.no_grad():  # nn.MultiheadAttention's fused inference kernel scales q once: equal up to rounding
+        torch.testing.assert_close(self_attention(attn, x), attn(x, x, x, need_weights=False)[0])
+
+
+@pytest.mark.parametrize("method", PEFT_METHODS)
+def test_every_method_leaves_blocks_with_the_fast_attention(method):
+    visual = tiny_vit()
+    apply_peft(visual, method, num_classes=100)
+    assert all(isinstance(b, PEFTBlock) for b in visual.transformer.resblocks)
+
+
+def test_peft_block_falls_back_to_multihead_attention_when_it_must(images):
+    visual = tiny_vit()
+    apply_peft(visual, "bitfit", num_classes=10)
+    block = visual.transformer.resblocks[0]
+    x = torch.randn(2, 17, 32)
+    mask = torch.zeros(17, 17)
+    mask[:, 5:] = float("-inf")  # a mask: self_attention has none, the block must use nn.MultiheadAttention
+    masked = block.attention(x, attn_mask=mask)
+    torch.testing.assert_close(masked, block.attn(x, x, x, need_weights=False, attn_mask=mask)[0])
+    assert not torch.allclose(masked, block.attention(x))
+    block.attn.dropout = 0.5  # attention dropout in training: nn.MultiheadAttention applies it
+    block.train()
+    torch.manual_seed(3)
+    dropped = block.attention(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(dropped, block.attn(x, x, x, need_weights=False)[0])

@@ -1,0 +1,90 @@
+"""The lab's training step with the PEFT blocks' attention (``lt.peft.self_attention``) against the same step
+through ``nn.MultiheadAttention``, and a check that both give the same bits.
+
+The model is a fine-tuned classifier's shape (random-weight lab ViT + AdaptFormer + cosine head, batch 128), the
+step ``lt.training.train_step`` on ``TensorAugment``ed batches. The two variants alternate in every repeat; the
+best of ``--repeats`` timings of ``--steps`` steps is kept (this machine's neighbours make single timings noisy).
+Then each variant trains ``--check-steps`` steps from the same start and the trainable weights are compared.
+
+    python benchmarks/bench_attention.py [--steps 40] [--repeats 9] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from bench_train import make_data, make_model  # benchmarks/ (the script's own folder is on sys.path)
+from open_clip.transformer import ResidualAttentionBlock
+
+from lt_utils.augment import TensorAugment
+from lt_utils.lab import LAB_MEAN, LAB_STD, LAB_VIT
+from lt_utils.losses import make_loss
+from lt_utils.peft import PEFTBlock
+from lt_utils.profiles import setup_cpu
+from lt_utils.training import train_step
+
+VARIANTS = {"lt.peft.self_attention": PEFTBlock.attention, "nn.MultiheadAttention": ResidualAttentionBlock.attention}
+
+
+def steps_of(model, variant: str, steps: int, seed: int = 0) -> float:
+    """Seconds of ``steps`` training steps of ``model`` with ``variant``'s attention."""
+    PEFTBlock.attention = VARIANTS[variant]
+    try:
+        data = make_data(128, LAB_VIT["image_size"], "cpu")
+        augment = TensorAugment(LAB_VIT["image_size"], LAB_MEAN, LAB_STD, train=True, scale=(0.6, 1.0))
+        loss_fn = make_loss("la", data.class_counts.float() + 1)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        generator = torch.Generator().manual_seed(seed)
+        start = time.perf_counter()
+        for _ in range(steps):
+            x = augment(data.images, generator=generator)
+            train_step(model, loss_fn, x, data.targets, optimizer, scaler, 128, amp=False)
+        return time.perf_counter() - start
+    finally:
+        PEFTBlock.attention = VARIANTS["lt.peft.self_attention"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=40, help="training steps per timed run")
+    parser.add_argument("--repeats", type=int, default=9, help="timed runs per variant (the best is kept)")
+    parser.add_argument("--check-steps", type=int, default=30, help="steps of the same-bits check")
+    parser.add_argument("--json", type=Path, default=None, help="also write the result here")
+    args = parser.parse_args()
+    setup_cpu()
+    model = make_model(LAB_VIT, "cpu")
+    for variant in VARIANTS:  # warm-up: allocator, thread pools
+        steps_of(model, variant, 5)
+    best = {variant: float("inf") for variant in VARIANTS}
+    for r in range(args.repeats):
+        for variant in (list(VARIANTS) if r % 2 == 0 else list(VARIANTS)[::-1]):
+            best[variant] = min(best[variant], steps_of(model, variant, args.steps) / args.steps)
+    start = make_model(LAB_VIT, "cpu")
+    trained = {}
+    for variant in VARIANTS:
+        model = copy.deepcopy(start)
+        steps_of(model, variant, args.check_steps)
+        trained[variant] = [p.detach() for p in model.parameters() if p.requires_grad]
+    same_bits = all(torch.equal(a, b) for a, b in zip(*trained.values()))
+    fast, slow = best["lt.peft.self_attention"], best["nn.MultiheadAttention"]
+    print(f"lab training step, batch 128, {torch.get_num_threads()} threads, {os.cpu_count()} CPU cores")
+    for variant, seconds in best.items():
+        print(f"  {variant:24s} {seconds * 1000:6.2f} ms/step (best of {args.repeats} x {args.steps} steps)")
+    print(f"  speed-up {slow / fast:.2f}x; weights after {args.check_steps} steps: "
+          f"{'the same bits' if same_bits else 'DIFFERENT bits'}")
+    if args.json:
+        args.json.write_text(json.dumps(dict(threads=torch.get_num_threads(), cpu_count=os.cpu_count(),
+                                             ms_per_step={k: v * 1000 for k, v in best.items()},
+                                             speed_up=slow / fast, same_bits=same_bits,
+                                             check_steps=args.check_steps), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
