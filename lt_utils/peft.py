@@ -46,18 +46,22 @@ def count_parameters(module: nn.Module) -> dict:
 
 
 # --- attention ---------------------------------------------------------------------------------------------------
-def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor) -> torch.Tensor:
+def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor,
+                   written_out: Optional[bool] = None) -> torch.Tensor:
     """``attn(x, x, x, need_weights=False)[0]`` for a batch-first ``x`` (B x T x D), without the layout copies of
-    ``nn.MultiheadAttention``: one projection to q, k and v, heads split by views. On the CPU the attention is
-    written out as PyTorch's math kernel computes it (q and k each scaled by head_dim ** -1/4), the kernel
-    ``lt.training.train`` selects there, so training gives the same bits, in less time (benchmarks/RESULTS.md,
-    2026-11-23, lab); elsewhere it is ``F.scaled_dot_product_attention`` (flash kernels on CUDA)."""
+    ``nn.MultiheadAttention``: one projection to q, k and v, heads split by views. ``written_out`` (default: on
+    the CPU) writes the attention out as PyTorch's math kernel computes it (q and k each scaled by
+    head_dim ** -1/4), the kernel ``lt.training.train`` selects on the CPU, so training gives the same bits, in less
+    time (benchmarks/RESULTS.md, 2026-11-23, lab); otherwise it is ``F.scaled_dot_product_attention`` (flash
+    kernels on CUDA)."""
     batch, tokens, dim = x.shape
     heads = attn.num_heads
     head_dim = dim // heads
     qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).view(batch, tokens, 3, heads, head_dim)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B x heads x T x head_dim
-    if x.device.type == "cpu":
+    if written_out is None:
+        written_out = x.device.type == "cpu"
+    if written_out:
         root_scale = math.sqrt(1.0 / math.sqrt(head_dim))
         weights = torch.softmax((q * root_scale) @ (k.transpose(-2, -1) * root_scale), dim=-1)
         out = weights @ v

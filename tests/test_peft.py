@@ -189,6 +189,28 @@ def test_self_attention_gives_the_bits_of_multihead_attention(width, heads):
         torch.testing.assert_close(self_attention(attn, x), attn(x, x, x, need_weights=False)[0])
 
 
+def test_self_attention_through_the_fused_kernel_matches_multihead_attention():
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+    x = torch.randn(3, 27, 64, requires_grad=True)
+    got = self_attention(attn, x, written_out=False)  # F.scaled_dot_product_attention, as on CUDA
+    expected = attn(x, x, x, need_weights=False)[0]
+    torch.testing.assert_close(got, expected)
+    grad = torch.randn_like(got)
+    torch.testing.assert_close(torch.autograd.grad(got, x, grad)[0], torch.autograd.grad(expected, x, grad)[0])
+
+
+@pytest.mark.gpu
+def test_self_attention_on_cuda_under_autocast():
+    torch.manual_seed(0)
+    attn = torch.nn.MultiheadAttention(768, 12, batch_first=True).cuda()  # ViT-B/16's attention
+    x = torch.randn(8, 197, 768, device="cuda")
+    with torch.autocast("cuda", dtype=torch.float16):
+        got, expected = self_attention(attn, x), attn(x, x, x, need_weights=False)[0]
+    assert got.dtype == expected.dtype == torch.float16
+    torch.testing.assert_close(got, expected, rtol=2e-3, atol=2e-3)
+
+
 @pytest.mark.parametrize("method", PEFT_METHODS)
 def test_every_method_leaves_blocks_with_the_fast_attention(method):
     visual = tiny_vit()
