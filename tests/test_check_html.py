@@ -75,3 +75,15 @@ def test_network_requests_missing_files_and_script_errors_are_named(tmp_path):
 def test_the_browser_checks_catch_every_fabricated_fault():
     pytest.importorskip("playwright")
     assert check_html.self_test() == []
+
+
+def test_server_is_quiet_about_dropped_connections_only(tmp_path, capsys):
+    with check_html._Server(tmp_path) as server:
+        for error in (BrokenPipeError(), ConnectionResetError(), ValueError("a real fault")):
+            try:
+                raise error
+            except Exception:  # as socketserver calls handle_error: inside the except block
+                server.httpd.handle_error(None, ("127.0.0.1", 1))
+    printed = capsys.readouterr().err
+    assert "ValueError: a real fault" in printed
+    assert "BrokenPipeError" not in printed and "ConnectionResetError" not in printed
