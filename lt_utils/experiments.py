@@ -55,7 +55,7 @@ def headline_comparison(profile=None, seeds=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def seed_comparison(profile, seed: int, est_prior: dict) -> dict:
+def seed_comparison(profile, seed: int, est_prior: dict, zero_shot_test_logits=None) -> dict:
     """The methods of one fine-tuning seed of the headline comparison, from cached runs (missing ones are trained).
 
     Shared by ``headline_comparison`` (chapter 5, the results page) and ``lt_utils.paper`` (the paper's datasets).
@@ -65,6 +65,8 @@ def seed_comparison(profile, seed: int, est_prior: dict) -> dict:
         seed: the fine-tuning seed.
         est_prior: model name -> GLA's estimated pre-training prior (GLA-Train and the post-hoc method use the
             first model's).
+        zero_shot_test_logits: the first model's zero-shot test logits, when the caller holds them already (on
+            iNaturalist they are 0.7 GB); None loads them from the cache.
 
     Returns:
         ``dict(methods={name: (test logits, the models whose prior defines the per-method P-groups)}, labels,
@@ -78,7 +80,8 @@ def seed_comparison(profile, seed: int, est_prior: dict) -> dict:
     control = _control_runs(profile, seed, "la")
     best = max(profile.models, key=lambda m: accuracy(la[m]["val"]["logits"], la[m]["val"]["labels"]))
     methods = {  # name -> (test logits, the models whose prior defines the per-method P-groups)
-        f"zero-shot ({main})": (zero_shot(profile, main, progress=False)["test"]["logits"], [main]),
+        f"zero-shot ({main})": (zero_shot(profile, main, progress=False)["test"]["logits"]
+                                if zero_shot_test_logits is None else zero_shot_test_logits, [main]),
         f"CE ({main})": (ce["test"]["logits"], [main]),
         f"LA ({main})": (la[main]["test"]["logits"], [main]),
         f"GLA-Train ({main})": (gla["test"]["logits"], [main]),

@@ -39,19 +39,30 @@ RESULT_FILES = dict(json="results.json", csv="results.csv")
 KNN = dict(k=200, t=0.1)  # the official code's kNN probe (paper card, section 4)
 
 
-def code_version() -> dict:
-    """What code made a result: the package version, the git commit of its checkout (None when installed from a
-    wheel) and a SHA-256 of the package's sources (set either way)."""
-    package = Path(__file__).resolve().parent
+def code_version(package: Path | None = None) -> dict:
+    """What code made a result: the package version, the git commit of its own checkout and whether its sources
+    differ from that commit (both None when installed from a wheel, or inside some other git checkout, e.g. a
+    virtual environment in a project's folder), and a SHA-256 of the package's sources (set either way)."""
+    package = Path(package or Path(__file__).resolve().parent)
     digest = hashlib.sha256()
     for path in sorted(package.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    commit, dirty = _git_state(package)
+    return dict(lt_utils_version=__version__, git_commit=commit, git_dirty=dirty, source_sha256=digest.hexdigest())
+
+
+def _git_state(package: Path) -> tuple:
+    """``(commit, sources changed since it)`` of the git checkout whose top folder holds ``package``, else
+    ``(None, None)``."""
+    def git(*args) -> str:
+        return subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=package, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip() or None
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != package.resolve().parent:
+            return None, None  # the commit of an enclosing repository would not describe these sources
+        return git("rev-parse", "HEAD") or None, bool(git("status", "--porcelain", "--", "."))
     except (OSError, subprocess.SubprocessError):
-        commit = None
-    return dict(lt_utils_version=__version__, git_commit=commit, source_sha256=digest.hexdigest())
+        return None, None
 
 
 def json_ready(x):
@@ -143,7 +154,7 @@ def run_paper(profile, out, seeds=None, progress: bool = True) -> dict:
 
     per_seed, knn, runs = {}, {}, []
     for seed in seeds:
-        comparison = seed_comparison(profile, seed, est_prior)
+        comparison = seed_comparison(profile, seed, est_prior, zero_shot_test_logits=zero[main]["test"]["logits"])
         runs += comparison["runs"]
         d_groups, labels = comparison["d_groups"], comparison["labels"]
         per_seed[str(seed)] = {method: _json_report(accuracy_report(logits, labels, d_groups, p_groups))

@@ -252,3 +252,33 @@ def test_load_split_gives_the_chapters_what_the_runs_see(inat_root, tmp_path, mo
     raw = lt.load_dataset("inat2018", inat_root, "test")
     assert torch.equal(test.targets, raw.targets) and torch.equal(test.ids, raw.ids)
     assert torch.equal(test.images[0], torch.from_numpy(lt.decoded.decode_image(raw.paths[0], 36)))
+
+
+def _git(folder, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True,
+                   capture_output=True)
+
+
+def test_code_version_names_the_commit_of_lt_utils_own_checkout_only(tmp_path):
+    own = tmp_path / "own"  # a checkout of the book: lt_utils/ at its top
+    (own / "lt_utils").mkdir(parents=True)
+    (own / "lt_utils" / "a.py").write_text("x = 1\n")
+    _git(own, "init", "-q")
+    _git(own, "add", "-A")
+    _git(own, "commit", "-qm", "c")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=own, capture_output=True, text=True).stdout.strip()
+    version = paper.code_version(own / "lt_utils")
+    assert (version["git_commit"], version["git_dirty"]) == (head, False)
+    (own / "lt_utils" / "a.py").write_text("x = 2\n")  # edited since the commit: the commit alone misleads
+    changed = paper.code_version(own / "lt_utils")
+    assert changed["git_dirty"] is True and changed["source_sha256"] != version["source_sha256"]
+
+    project = tmp_path / "project"  # lt_utils installed in a venv inside some other repository
+    installed = project / ".venv" / "site-packages" / "lt_utils"
+    installed.mkdir(parents=True)
+    (installed / "a.py").write_text("x = 1\n")
+    _git(project, "init", "-q")
+    _git(project, "commit", "-q", "--allow-empty", "-m", "project")
+    outside = paper.code_version(installed)
+    assert (outside["git_commit"], outside["git_dirty"]) == (None, None)
+    assert outside["source_sha256"] == version["source_sha256"]  # the same sources, told apart by their digest
