@@ -66,7 +66,7 @@ def seed_comparison(profile, seed: int, est_prior: dict, zero_shot_test_logits=N
         est_prior: model name -> GLA's estimated pre-training prior (GLA-Train and the post-hoc method use the
             first model's).
         zero_shot_test_logits: the first model's zero-shot test logits, when the caller holds them already (on
-            iNaturalist they are 0.7 GB); None loads them from the cache.
+            iNaturalist they are 0.5 GB); None loads them from the cache.
 
     Returns:
         ``dict(methods={name: (test logits, the models whose prior defines the per-method P-groups)}, labels,
