@@ -14,12 +14,12 @@ import argparse
 import copy
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
 from bench_train import make_data, make_model  # benchmarks/ (the script's own folder is on sys.path)
 from open_clip.transformer import ResidualAttentionBlock
+from timing import timed  # benchmarks/timing.py
 
 from lt_utils.augment import TensorAugment
 from lt_utils.lab import LAB_MEAN, LAB_STD, LAB_VIT
@@ -42,11 +42,12 @@ def steps_of(model, variant: str, steps: int, seed: int = 0) -> float:
         optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         generator = torch.Generator().manual_seed(seed)
-        start = time.perf_counter()
-        for _ in range(steps):
-            x = augment(data.images, generator=generator)
-            train_step(model, loss_fn, x, data.targets, optimizer, scaler, 128, amp=False)
-        return time.perf_counter() - start
+
+        def run():
+            for _ in range(steps):
+                x = augment(data.images, generator=generator)
+                train_step(model, loss_fn, x, data.targets, optimizer, scaler, 128, amp=False)
+        return timed(run, torch.device("cpu"))
     finally:
         PEFTBlock.attention = VARIANTS["lt.peft.self_attention"]
 
