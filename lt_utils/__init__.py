@@ -5,6 +5,8 @@ Distribution* (Chen et al., ICML 2025).
 Everything else stays reachable through its module, e.g. ``lt.training.train`` or ``lt.augment.TensorAugment``.
 The modules form layers whose imports only go down; DESIGN.md draws them and is tested.
 """
+import gc
+
 from . import (augment, backdoor, cache, data, decoded, distributed, experiments, explain, groups, lab, losses,
                metrics, models, paper, peft, plots, prior, profiles, runs, standin, training)
 from .backdoor import backdoor_adjust
@@ -50,3 +52,8 @@ __all__ = [
     "set_style", "show_markdown", "plot_long_tail", "plot_group_bars", "plot_group_matrix", "plot_prior_scatter",
     "plot_per_class_vs_prior", "show_images", "show_cams", "plot_causal_graph",
 ]
+
+# The imports above allocate ~0.5 M objects (torch, scipy, matplotlib...) that live as long as the process. Frozen,
+# the cyclic garbage collector no longer walks them: a kernel that imported lt_utils shuts down ~2 s sooner
+# (benchmarks/RESULTS.md). Only objects that already exist are frozen; everything made later is collected as usual.
+gc.freeze()

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .cache import atomic_torch_save, atomic_write_text, file_sha256, safe_torch_load
 from .data import is_in_memory
-from .distributed import dist_info
+from .distributed import any_rank, dist_info
 from .phases import phase
 from .profiles import get_device, hide_progress
 
@@ -287,21 +287,33 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
                        weight_decay=weight_decay, seed=seed, num_samples=len(train_set))
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     start_epoch = 0
-    if ckpt_path is not None and resume and ckpt_path.is_file():
-        ckpt = _load_checkpoint(ckpt_path)
-        for what, saved, current in (("hyper-parameters or dataset size", ckpt.get("config"), fingerprint),
-                                     ("run_fingerprint", ckpt.get("run"), run_fingerprint)):
-            if saved != current:
-                raise ValueError(f"The checkpoint {ckpt_path} was written by another run (other {what}: "
-                                 f"{_differences(saved, current)}). Delete it, use another checkpoint_dir "
-                                 "or pass resume=False to start over.")
-        load_trainable_state(model, ckpt["model"], ckpt_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        rng = ckpt["rng"]  # a list (one per rank) when written by a distributed run
-        _set_rng_state(rng[rank % len(rng)] if isinstance(rng, list) else rng, device, augment_gen)
-        history, start_epoch = ckpt["history"], ckpt["epoch"]
+    found = ckpt_path is not None and resume and ckpt_path.is_file()
+    # Under torchrun the ranks must agree: one that resumed while another started over, or stopped on a bad
+    # checkpoint while the others trained, would leave them waiting in DDP's collectives forever.
+    if use_ddp and any_rank(found) and any_rank(not found):
+        raise ValueError(f"Only some ranks see the checkpoint {ckpt_path}: its checkpoint_dir must be a folder "
+                         "that every rank shares (or pass resume=False to start over).")
+    error = None
+    if found:
+        try:
+            ckpt = _load_checkpoint(ckpt_path)
+            for what, saved, current in (("hyper-parameters or dataset size", ckpt.get("config"), fingerprint),
+                                         ("run_fingerprint", ckpt.get("run"), run_fingerprint)):
+                if saved != current:
+                    raise ValueError(f"The checkpoint {ckpt_path} was written by another run (other {what}: "
+                                     f"{_differences(saved, current)}). Delete it, use another checkpoint_dir "
+                                     "or pass resume=False to start over.")
+            load_trainable_state(model, ckpt["model"], ckpt_path)
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            rng = ckpt["rng"]  # a list (one per rank) when written by a distributed run
+            _set_rng_state(rng[rank % len(rng)] if isinstance(rng, list) else rng, device, augment_gen)
+            history, start_epoch = ckpt["history"], ckpt["epoch"]
+        except Exception as err:  # noqa: BLE001 - raised below on every rank, not only this one
+            error = err
+    if (any_rank(error is not None) if use_ddp else error is not None):
+        raise error or RuntimeError(f"Another rank could not resume from {ckpt_path} (its error is in its output).")
 
     # --- data
     in_memory = is_in_memory(train_set)

@@ -105,8 +105,28 @@ def _train_worker(rank, port, out_dir):
     with torch.no_grad():
         model.head.weight.add_(1.0)  # other trainables than the checkpoint's: the resume must restore them
     out["resumed"] = _run(model, train(model, data, F.cross_entropy, checkpoint_dir=folder, **kw))
+
+    # a checkpoint_dir that is not shared (rank 0 finds the plain run's checkpoint, rank 1 none), then a checkpoint
+    # only rank 0 finds corrupt: every rank must stop with an error, none wait in DDP for the others
+    out["unshared"] = _resume_error(os.path.join(out_dir, "ckpt" if rank == 0 else f"empty{rank}"))
+    own = os.path.join(out_dir, f"ckpt-copy{rank}")
+    shutil.copytree(os.path.join(out_dir, "ckpt"), own)
+    if rank == 0:
+        with open(os.path.join(own, lt_train.CHECKPOINT_NAME), "ab") as f:
+            f.write(b"\0")
+    out["corrupt_on_one"] = _resume_error(own)
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
+
+
+def _resume_error(checkpoint_dir) -> str | None:
+    """The error (type and message) of resuming the plain 2-epoch run from ``checkpoint_dir``, or None."""
+    try:
+        train(TinyNet(), TinyImages(), F.cross_entropy, epochs=2, micro_batch_size=8, distributed=True,
+              device="cpu", checkpoint_dir=checkpoint_dir, **KW)
+    except (ValueError, RuntimeError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +172,13 @@ def test_distributed_resume_equals_uninterrupted(trained):
     model = TinyNet()
     history = train(model, TinyImages(n=RESUME["n"]), F.cross_entropy, checkpoint_dir=folder / "resume-copy", **kw)
     assert_run_close(reference_run, _run(model, history))
+
+
+def test_ranks_stop_together_when_only_some_can_resume(trained):
+    ranks, _ = trained
+    assert all("Only some ranks see the checkpoint" in r["unshared"] for r in ranks)
+    assert ranks[0]["corrupt_on_one"].startswith("ValueError") and "corrupt" in ranks[0]["corrupt_on_one"]
+    assert ranks[1]["corrupt_on_one"].startswith("RuntimeError: Another rank could not resume")
 
 
 # ---------------------------------------------------------------------------------- augmentation of a shard
