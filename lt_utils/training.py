@@ -235,12 +235,13 @@ def train(model: nn.Module, train_set, loss_fn, *, epochs: int, batch_size: int 
     SHA-256, and a resume refuses a corrupt checkpoint (both: ``ValueError``, the file is kept). Under torchrun
     (an initialised process group, or ``distributed=True`` with ``WORLD_SIZE`` > 1) the model is wrapped in
     ``DistributedDataParallel`` and each rank trains on its shard of every global batch (``DistributedSampler``'s
-    split); only rank 0 writes checkpoints and shows the progress bar. The result equals one process's up to float
-    noise: the padding ``DistributedSampler`` adds to the last batch is left out of the loss and the statistics,
-    and an ``augment`` that takes ``shard=(rank, world_size, batch_size)`` (``TensorAugment``) draws on every rank
-    from one generator seeded by ``seed`` for the whole global batch and keeps its rows. Not so per rank, with the
-    generator seeded by ``seed + rank``: an ``augment`` without ``shard``, dropout, and a ``DataLoader`` dataset's
-    own transform (its workers draw per rank).
+    split); only rank 0 writes checkpoints and shows the progress bar, and the ranks resume together: a checkpoint
+    that only some see (``checkpoint_dir`` must be shared) or that one cannot load stops them all with an error.
+    The result equals one process's up to float noise: the padding ``DistributedSampler`` adds to the last batch
+    is left out of the loss and the statistics, and an ``augment`` that takes ``shard=(rank, world_size,
+    batch_size)`` (``TensorAugment``) draws on every rank from one generator seeded by ``seed`` for the whole
+    global batch and keeps its rows. Not so per rank, with the generator seeded by ``seed + rank``: an ``augment``
+    without ``shard``, dropout, and a ``DataLoader`` dataset's own transform (its workers draw per rank).
 
     Returns the history: per-epoch lists ``loss``, ``acc`` (training accuracy on the augmented batches),
     ``lr`` (the rate used in that epoch) and ``time_s``. A NaN/inf loss raises ``FloatingPointError``.
