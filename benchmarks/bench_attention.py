@@ -17,16 +17,14 @@ import os
 from pathlib import Path
 
 import torch
-from bench_train import make_data, make_model  # benchmarks/ (the script's own folder is on sys.path)
+from bench_step_batch import stepper  # benchmarks/ (the script's own folder is on sys.path)
+from bench_train import make_model
 from open_clip.transformer import ResidualAttentionBlock
 from timing import timed  # benchmarks/timing.py
 
-from lt_utils.augment import TensorAugment
-from lt_utils.lab import LAB_MEAN, LAB_STD, LAB_VIT
-from lt_utils.losses import make_loss
+from lt_utils.lab import LAB_VIT
 from lt_utils.peft import PEFTBlock
 from lt_utils.profiles import setup_cpu
-from lt_utils.training import train_step
 
 VARIANTS = {"lt.peft.self_attention": PEFTBlock.attention, "nn.MultiheadAttention": ResidualAttentionBlock.attention}
 
@@ -35,19 +33,8 @@ def steps_of(model, variant: str, steps: int, seed: int = 0) -> float:
     """Seconds of ``steps`` training steps of ``model`` with ``variant``'s attention."""
     PEFTBlock.attention = VARIANTS[variant]
     try:
-        data = make_data(128, LAB_VIT["image_size"], "cpu")
-        augment = TensorAugment(LAB_VIT["image_size"], LAB_MEAN, LAB_STD, train=True, scale=(0.6, 1.0))
-        loss_fn = make_loss("la", data.class_counts.float() + 1)
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        generator = torch.Generator().manual_seed(seed)
-
-        def run():
-            for _ in range(steps):
-                x = augment(data.images, generator=generator)
-                train_step(model, loss_fn, x, data.targets, optimizer, scaler, 128, amp=False)
-        return timed(run, torch.device("cpu"))
+        step = stepper(model, 128, seed)
+        return timed(lambda: [step() for _ in range(steps)], torch.device("cpu"))
     finally:
         PEFTBlock.attention = VARIANTS["lt.peft.self_attention"]
 

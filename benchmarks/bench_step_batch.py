@@ -28,15 +28,16 @@ from lt_utils.profiles import setup_cpu
 from lt_utils.training import train_step
 
 
-def stepper(model, batch: int):
-    """A function doing one training step on a batch of ``batch`` images (the lab fine-tune's recipe)."""
+def stepper(model, batch: int, seed: int = 0):
+    """A function doing one training step of ``model`` on a batch of ``batch`` images (the lab fine-tune's recipe:
+    ``TensorAugment``, LA loss, SGD with momentum and weight decay; a fresh optimizer)."""
     data = make_data(batch, LAB_VIT["image_size"], "cpu")
     augment = TensorAugment(LAB_VIT["image_size"], LAB_MEAN, LAB_STD, train=True, scale=(0.6, 1.0))
-    loss_fn = make_loss("la", torch.ones(100))
+    loss_fn = make_loss("la", data.class_counts.float() + 1)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
 
     def step():
         x = augment(data.images, generator=generator)
